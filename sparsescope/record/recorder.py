@@ -1,0 +1,318 @@
+"""The Recorder: hooks every chosen site, runs prompts in right-padded batches, streams metrics into per-prompt sums.
+
+Memory holds, per suite, one ``[prompts, metrics]`` sum per (layer, site) and one firing counter per neuron:
+it grows with layers × width × prompts, never with tokens. Padding never counts: every statistic is masked by
+the attention mask before it is summed.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+from sparsescope.errors import UserError
+from sparsescope.models.loading import LoadedModel
+from sparsescope.models.sites import parse_site
+from sparsescope.record.metrics import FIRE_T, Metric, delta_frac, parse_metrics, token_metrics
+
+PATTERN = "attn.hook_pattern"
+LOGITS_LAYER, LOGITS_SITE = -1, "logits"
+
+
+@dataclass
+class RecordConfig:
+    """What to record: sites (``mlp.hook_post`` for every layer or ``blocks.3.mlp.hook_post``), layers, metrics."""
+
+    sites: list[str] | None = None
+    layers: list[int] | None = None
+    metrics: list[Metric] | str | None = None
+    batch_size: int = 8
+    max_tokens: int = 256
+    neurons: bool = True
+    logits: bool = True
+
+
+@dataclass
+class Run:
+    """Recorded tables (design §3): split-level ``activations``, per-prompt ``prompts``, per-neuron ``neurons``."""
+
+    activations: pd.DataFrame
+    prompts: pd.DataFrame
+    neurons: pd.DataFrame
+    run_id: str = ""
+    config: dict = field(default_factory=dict)
+
+
+class _SiteStats:
+    """Streaming sums for one (layer, site) over one suite."""
+
+    def __init__(self, n_prompts: int, n_metrics: int, n_delta: int):
+        self.sums = torch.zeros(n_prompts, n_metrics, dtype=torch.float64)
+        self.counts = torch.zeros(n_prompts, dtype=torch.float64)
+        self.delta_sums = torch.zeros(n_prompts, n_delta, dtype=torch.float64)
+        self.delta_counts = torch.zeros(n_prompts, dtype=torch.float64)
+        self.fire: torch.Tensor | None = None
+        self.abs_sum: torch.Tensor | None = None
+
+
+class Recorder:
+    """Record sparsity metrics for a model over prompt suites; ``run`` returns a :class:`Run`."""
+
+    def __init__(self, lm: LoadedModel, config: RecordConfig | None = None):
+        self.lm, self.config = lm, config or RecordConfig()
+        if self.config.batch_size < 1 or self.config.max_tokens < 2:
+            raise UserError("batch size must be ≥ 1 and max tokens ≥ 2; pass e.g. --batch-size 8 --max-tokens 256")
+        given = self.config.metrics
+        self.metrics = given if isinstance(given, list) and all(isinstance(m, Metric) for m in given) \
+            else parse_metrics(given)
+        self.static = [m for m in self.metrics if m.name != "delta_frac"]
+        self.delta_t = [m.threshold for m in self.metrics if m.name == "delta_frac"]
+        self.targets = self._targets()
+        self.max_len = min(self.config.max_tokens, lm.context)
+
+    def _targets(self) -> list[tuple[int, str]]:
+        sites = self.lm.sites
+        layers = self.config.layers if self.config.layers is not None else range(sites.n_layers)
+        for layer in layers:
+            sites.check_layer(layer)
+        chosen: list[tuple[int, str]] = []
+        for item in self.config.sites or list(sites.activation_sites):
+            if item.startswith("blocks."):
+                layer, site = parse_site(item)
+                sites.check_layer(layer)
+                sites.check_site(site)
+                chosen.append((layer, site))
+            else:
+                sites.check_site(item)
+                chosen += [(layer, item) for layer in layers]
+        if not chosen:
+            raise UserError("no sites selected; pass e.g. --sites mlp.hook_post,hook_resid_post")
+        return list(dict.fromkeys(chosen))
+
+    # -- tokenization -------------------------------------------------------------------------------------------
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids per prompt with the tokenizer's defaults, truncated to the context with a warning."""
+        ids = [self.lm.tokenizer(t)["input_ids"] for t in texts]
+        long = sum(len(i) > self.max_len for i in ids)
+        if long:
+            warnings.warn(f"{long} prompt(s) longer than {self.max_len} tokens were truncated (raise --max-tokens)")
+        ids = [i[: self.max_len] for i in ids]
+        if any(len(i) == 0 for i in ids):
+            raise UserError("a prompt produced no tokens; remove empty prompts from the suite")
+        return ids
+
+    # -- the run ------------------------------------------------------------------------------------------------
+    def record_suite(self, suite, run_id: str = "", progress: Callable[[int], None] | None = None) -> Run:
+        """Record one suite (a ``probes.Suite``); returns its rows of the three tables."""
+        texts = [p.text for p in suite.prompts]
+        if not texts:
+            raise UserError(f"suite {suite.name!r} has no prompts; add prompts or drop the suite")
+        ids = self.tokenize(texts)
+        n_prompts = len(ids)
+        stats = {key: _SiteStats(n_prompts, len(self.static), len(self.delta_t)) for key in self.targets}
+        logit_sums = torch.zeros(n_prompts, 2, dtype=torch.float64)
+        logit_counts = torch.zeros(n_prompts, dtype=torch.float64)
+        order = sorted(range(n_prompts), key=lambda i: len(ids[i]))  # similar lengths share a batch: less padding
+        handles = []
+        batch: dict = {}
+        try:
+            for key in self.targets:
+                module, io, extract = self.lm.sites.hook(*key)
+                observe = self._observer(key, stats[key], extract, batch)
+                if io == "output":
+                    handles.append(module.register_forward_hook(lambda m, a, o, f=observe: f(o)))
+                else:
+                    handles.append(module.register_forward_pre_hook(
+                        lambda m, a, kw, f=observe: f(a[0] if a else kw["hidden_states"]), with_kwargs=True))
+            pad = self.lm.tokenizer.pad_token_id or 0
+            for start in range(0, n_prompts, self.config.batch_size):
+                rows = order[start: start + self.config.batch_size]
+                width = max(len(ids[i]) for i in rows)
+                input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+                valid = torch.zeros(len(rows), width, dtype=torch.bool)
+                for r, i in enumerate(rows):
+                    input_ids[r, : len(ids[i])] = torch.tensor(ids[i])
+                    valid[r, : len(ids[i])] = True
+                batch.update(valid=valid, rows=torch.tensor(rows))
+                logits = self.lm.forward(input_ids, valid.long())
+                if self.config.logits and logits is not None and self.lm.causal:
+                    self._logit_stats(logits, input_ids, valid, batch["rows"], logit_sums, logit_counts)
+                if progress:
+                    progress(int(valid.sum()))
+        finally:
+            for h in handles:
+                h.remove()
+            batch.clear()
+        return self._tables(suite, run_id, stats, logit_sums, logit_counts)
+
+    def _observer(self, key: tuple[int, str], st: _SiteStats, extract, batch: dict):
+        site = key[1]
+
+        @torch.no_grad()
+        def observe(raw) -> None:
+            t = extract(raw)
+            if t is None:
+                if site == PATTERN:
+                    raise UserError("attn.hook_pattern needs eager attention; load the model with "
+                                    "attn_implementation='eager' or drop the site")
+                return
+            valid, rows = batch["valid"], batch["rows"]
+            if site == PATTERN:
+                self._observe_pattern(t, valid, rows, st)
+                return
+            x = t.reshape(t.shape[0], t.shape[1], -1)
+            flat = x[valid]
+            lengths = valid.sum(1)
+            owner = rows.repeat_interleave(lengths)
+            if self.static:
+                st.sums.index_add_(0, owner, token_metrics(flat, self.static).double())
+            st.counts.index_add_(0, rows, lengths.double())
+            if self.delta_t:
+                d = delta_frac(x, self.delta_t)
+                dvalid = valid.clone()
+                dvalid[:, 0] = False
+                st.delta_sums.index_add_(0, rows, (d * dvalid[..., None]).sum(1).double())
+                st.delta_counts.index_add_(0, rows, dvalid.sum(1).double())
+            if self.config.neurons:
+                a = flat.float().abs()
+                rms = a.pow(2).mean(1, keepdim=True).sqrt()
+                fire = (a > FIRE_T * rms).sum(0).double()
+                if st.fire is None:
+                    st.fire, st.abs_sum = fire, a.sum(0).double()
+                else:
+                    st.fire += fire
+                    st.abs_sum += a.sum(0).double()
+
+        return observe
+
+    def _observe_pattern(self, p: torch.Tensor, valid: torch.Tensor, rows: torch.Tensor, st: _SiteStats) -> None:
+        """Attention rows: each (query, head) row over the keys the query can see; a token's value is the mean over
+        heads. The first query of a causal model sees one key and is skipped (a 1-entry row has no sparsity)."""
+        b, h, q, k = p.shape
+        keys = valid[:, None, :k].expand(b, q, k)
+        if self.lm.causal:
+            keys = keys & torch.ones(q, k, dtype=torch.bool).tril()[None]
+        queries = valid[:, :q] & (keys.sum(-1) >= 2)
+        x = p.permute(0, 2, 1, 3)[queries]  # [Nq, H, K]
+        mask = keys[queries][:, None, :].expand(-1, h, -1)
+        if self.static:
+            vals = token_metrics(x.reshape(-1, k), self.static, mask.reshape(-1, k)).reshape(-1, h, len(self.static))
+            owner = rows.repeat_interleave(queries.sum(1))
+            st.sums.index_add_(0, owner, vals.mean(1).double())
+        st.counts.index_add_(0, rows, queries.sum(1).double())
+
+    @staticmethod
+    def _logit_stats(logits, input_ids, valid, rows, sums, counts) -> None:
+        """Per-prompt mean next-token NLL and max-softmax probability: the baseline OOD signals."""
+        logp = torch.log_softmax(logits[:, :-1].float(), -1)
+        target_valid = valid[:, 1:]
+        nll = -logp.gather(-1, input_ids[:, 1:, None])[..., 0]
+        maxp = logp.max(-1).values.exp()
+        per = torch.stack([(nll * target_valid).sum(1), (maxp * target_valid).sum(1)], 1)
+        sums.index_add_(0, rows, per.double())
+        counts.index_add_(0, rows, target_valid.sum(1).double())
+
+    # -- tables -------------------------------------------------------------------------------------------------
+    def _tables(self, suite, run_id: str, stats: dict, logit_sums, logit_counts) -> Run:
+        base = dict(run_id=run_id, model=self.lm.name, suite=suite.name, split=suite.split, level=int(suite.level))
+        prompt_ids = np.array([p.id for p in suite.prompts], dtype=object)
+        prompt_frames, split_rows, neuron_frames = [], [], []
+        for (layer, site), st in stats.items():
+            cols = [(m, st.sums[:, i], st.counts) for i, m in enumerate(self.static)]
+            if site != PATTERN:
+                cols += [(Metric("delta_frac", t), st.delta_sums[:, i], st.delta_counts) for i, t in enumerate(self.delta_t)]
+            for m, s, c in cols:
+                prompt_frames.append(_prompt_frame(prompt_ids, layer, site, m, s, c))
+                total = float(c.sum())
+                split_rows.append(dict(layer=layer, site=site, metric=m.name, threshold=m.threshold,
+                                       value=float(s.sum()) / total if total else math.nan, n_tokens=int(total)))
+            if st.fire is not None:
+                n_tok = float(st.counts.sum())
+                freq = (st.fire / n_tok).numpy()
+                split_rows += [dict(layer=layer, site=site, metric="dead_frac", threshold=FIRE_T,
+                                    value=float((st.fire == 0).double().mean()), n_tokens=int(n_tok)),
+                               dict(layer=layer, site=site, metric="dense_frac", threshold=FIRE_T,
+                                    value=float((freq > 0.5).mean()), n_tokens=int(n_tok))]
+                neuron_frames.append(_neuron_frame(layer, site, freq, (st.abs_sum / n_tok).numpy()))
+        if self.config.logits and logit_counts.sum() > 0:
+            for i, name in enumerate(("nll", "max_prob")):
+                prompt_frames.append(_prompt_frame(prompt_ids, LOGITS_LAYER, LOGITS_SITE, Metric(name),
+                                                   logit_sums[:, i], logit_counts))
+        prompts = pd.concat(prompt_frames, ignore_index=True)
+        for k, v in reversed(base.items()):
+            prompts.insert(0, k, v)
+        prompts = prompts[_PROMPT_COLUMNS]
+        activations = pd.DataFrame(split_rows)
+        for k, v in reversed(base.items()):
+            activations.insert(0, k, v)
+        neurons = pd.concat(neuron_frames, ignore_index=True) if neuron_frames else _empty_neurons()
+        for k in ("split", "suite", "run_id"):
+            neurons.insert(0, k, base[k])
+        return Run(activations[_ACT_COLUMNS], prompts, neurons, run_id)
+
+    def run(self, suites: Sequence, run_id: str = "", progress: Callable[[int], None] | None = None,
+            skip: set[str] | None = None, on_suite: Callable[[str, Run], None] | None = None) -> Run:
+        """Record every suite (skipping names in ``skip``, for resume); ``on_suite`` sees each suite's part."""
+        parts = []
+        for suite in suites:
+            if skip and suite.name in skip:
+                continue
+            part = self.record_suite(suite, run_id, progress)
+            if on_suite:
+                on_suite(suite.name, part)
+            parts.append(part)
+        return concat_runs(parts, run_id)
+
+
+_ACT_COLUMNS = ["run_id", "model", "suite", "split", "level", "layer", "site", "metric", "threshold", "value", "n_tokens"]
+_PROMPT_COLUMNS = ["run_id", "model", "suite", "split", "level", "prompt_id", "layer", "site", "metric", "threshold",
+                   "value", "n_tokens"]
+
+
+def _prompt_frame(prompt_ids, layer: int, site: str, m: Metric, sums, counts) -> pd.DataFrame:
+    c = counts.numpy()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        value = np.where(c > 0, sums.numpy() / c, np.nan)
+    return pd.DataFrame(dict(prompt_id=prompt_ids, layer=layer, site=site, metric=m.name, threshold=m.threshold,
+                             value=value, n_tokens=c.astype(np.int64)))
+
+
+def _neuron_frame(layer: int, site: str, freq: np.ndarray, mean_abs: np.ndarray) -> pd.DataFrame:
+    n = len(freq)
+    return pd.DataFrame(dict(layer=np.full(2 * n, layer, np.int32), site=site,
+                             index=np.concatenate([np.arange(n), np.arange(n)]).astype(np.int32),
+                             metric=np.repeat(["fire_freq", "mean_abs"], n),
+                             value=np.concatenate([freq, mean_abs]).astype(np.float32)))
+
+
+def _empty_neurons() -> pd.DataFrame:
+    return pd.DataFrame(dict(layer=pd.Series(dtype=np.int32), site=pd.Series(dtype=str),
+                             index=pd.Series(dtype=np.int32), metric=pd.Series(dtype=str),
+                             value=pd.Series(dtype=np.float32)))
+
+
+def concat_runs(parts: Sequence[Run], run_id: str = "") -> Run:
+    """Join suite parts into one :class:`Run`."""
+    if not parts:
+        empty = pd.DataFrame(columns=_ACT_COLUMNS)
+        return Run(empty, pd.DataFrame(columns=_PROMPT_COLUMNS), _empty_neurons(), run_id)
+    return Run(*(pd.concat([getattr(p, t) for p in parts], ignore_index=True)
+                 for t in ("activations", "prompts", "neurons")), run_id=run_id)
+
+
+def record(model, suites, sites: list[str] | None = None, metrics: str | list[str] | None = None, **config) -> Run:
+    """Record sparsity of ``model`` (any ``load_model`` spec) over suites or a list of prompt strings."""
+    from sparsescope.models import load_model
+    from sparsescope.probes import Prompt, Suite
+
+    lm = load_model(model)
+    if suites and isinstance(suites[0], str):
+        suites = [Suite("prompts", "id", [Prompt(f"p{i}", t, "prompts", "id") for i, t in enumerate(suites)],
+                        source="user", license="user")]
+    return Recorder(lm, RecordConfig(sites=sites, metrics=metrics, **config)).run(suites)
