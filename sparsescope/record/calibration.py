@@ -1,0 +1,60 @@
+"""Per-linear input statistics from a calibration text: what Wanda, TEAL thresholds and IF/LIF thresholds need.
+
+For every eligible linear (by weight site) it streams the input's per-channel L2 norm and keeps a bounded random
+sample of |x| (for quantile thresholds), so memory does not grow with the calibration length.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from sparsescope.models.loading import LoadedModel
+from sparsescope.models.sites import site_name
+
+SAMPLE = 1 << 16  # |x| values kept per linear for quantiles
+
+
+def calibrate(lm: LoadedModel, texts: str | Sequence[str], seq_len: int = 256, max_tokens: int = 2048,
+              layers: Sequence[int] | None = None, seed: int = 0) -> dict[str, dict[str, torch.Tensor]]:
+    """``{"blocks.3.mlp.W_out": {"act_norm": [in], "abs_sample": [≤65536], "n_tokens": scalar}}`` per linear.
+
+    ``act_norm`` is ‖x_j‖₂ over all calibration tokens (Wanda's input norm); ``abs_sample`` a uniform sample of
+    |x| entries (equal share per chunk), for thresholds at a quantile (TEAL) or percentile (ann2snn).
+    """
+    text = texts if isinstance(texts, str) else "\n\n".join(texts)
+    ids = torch.tensor(lm.tokenizer(text)["input_ids"][:max_tokens])
+    seq_len = min(seq_len, lm.context, len(ids))
+    chunks = ids[: len(ids) // seq_len * seq_len].view(-1, seq_len)
+    gen = torch.Generator().manual_seed(seed)
+    stats: dict[str, dict[str, torch.Tensor]] = {}
+    handles = []
+
+    def observer(name: str):
+        def hook(module, args, kwargs):
+            x = (args[0] if args else kwargs["input"]).detach().float()
+            x = x.reshape(-1, x.shape[-1])
+            st = stats.setdefault(name, {"sq": torch.zeros(x.shape[1], dtype=torch.float64),
+                                         "abs_sample": torch.empty(0), "n_tokens": torch.tensor(0)})
+            st["sq"] += x.pow(2).sum(0, dtype=torch.float64)
+            st["n_tokens"] += x.shape[0]
+            flat = x.abs().flatten()
+            take = flat[torch.randint(len(flat), (min(SAMPLE, len(flat)),), generator=gen)]
+            pool = torch.cat([st["abs_sample"], take])
+            st["abs_sample"] = pool[torch.randperm(len(pool), generator=gen)[:SAMPLE]]
+        return hook
+
+    try:
+        for layer, wsite in lm.sites.linear_names():
+            if layers is not None and layer not in layers:
+                continue
+            module = lm.sites.linear(layer, wsite)
+            handles.append(module.register_forward_pre_hook(observer(site_name(layer, wsite)), with_kwargs=True))
+        for chunk in chunks:
+            lm.forward(chunk[None], torch.ones_like(chunk)[None])
+    finally:
+        for h in handles:
+            h.remove()
+    return {name: {"act_norm": st["sq"].sqrt().float(), "abs_sample": st["abs_sample"], "n_tokens": st["n_tokens"]}
+            for name, st in stats.items()}
