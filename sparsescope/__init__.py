@@ -1,0 +1,8 @@
+"""sparsescope: record, explain and harvest sparsity in transformer language models."""
+
+__version__ = "0.1.0"
+
+from sparsescope.models import load_model  # noqa: E402
+from sparsescope.record import record  # noqa: E402
+
+__all__ = ["__version__", "load_model", "record"]
