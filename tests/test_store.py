@@ -106,6 +106,7 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path):
     assert len(partial) == 2 * len(tidy("x")["activations"])
 
     again.write_part("ood-hex", tidy("ood-hex", reference.run_id))
+    assert store.open(run.run_id).status == "running"  # resumed by this (live) process
     again.finalize()
     for name in ["activations", "neurons"]:
         pd.testing.assert_frame_equal(store.open(run.run_id).read(name), reference.read(name))
@@ -287,3 +288,12 @@ def test_read_only_runs_dir_fails_at_create(tmp_path):
             RunStore(locked).create({"kind": "scan", "model": "tiny"})
     finally:
         locked.chmod(stat.S_IRWXU)
+
+
+def test_atomic_writes_keep_the_usual_file_mode(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        path = RunStore(tmp_path).create({"kind": "scan", "model": "tiny"}).write_file("report.html", "<html>")
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644

@@ -136,10 +136,10 @@ class RunDir:
         """Write one unit of work (e.g. a suite) atomically; it counts as done once the manifest lists it."""
         for name in tables:
             _check_table_name(name)
-        if key in self.manifest["parts_done"] or self.manifest["status"] != "running" or self.manifest_problem:
-            # Forget an older version of this part before overwriting it, so old and new files never mix.
-            self.manifest["parts_done"].pop(key, None)
-            self._set_running()
+        self._set_running()
+        if key in self.manifest["parts_done"]:
+            # Forget the older version of this part before overwriting it, so old and new files never mix.
+            del self.manifest["parts_done"][key]
             self._save()
         (self.path / PARTS).mkdir(exist_ok=True)
         for name, df in tables.items():
