@@ -1,0 +1,26 @@
+"""Shared pytest fixtures: small, real objects built in memory (no downloads)."""
+
+import pytest
+
+TINY_CORPUS = [
+    "the quick brown fox jumps over the lazy dog near a quiet river bank",
+    "a small cat sleeps on warm stones while green birds sing in tall trees",
+    "old sailors tell long stories about cold seas , white whales and distant islands",
+    "every morning she reads one book , drinks black coffee and writes three letters",
+    "clocks strike twelve ; people hurry home through dark streets under bright lamps !",
+]
+
+
+@pytest.fixture
+def tiny_tokenizer():
+    """A real word-level `PreTrainedTokenizerFast` (≈ 80 tokens) trained in memory on TINY_CORPUS.
+
+    Whitespace pre-tokenization and space-joined decoding make decode → encode round trips exact, so tests
+    can compare token ids position by position. Special tokens: [UNK] (unknown words), [PAD], [EOS]."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(TINY_CORPUS, trainers.WordLevelTrainer(special_tokens=["[UNK]", "[PAD]", "[EOS]"]))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", eos_token="[EOS]")
