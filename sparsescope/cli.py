@@ -101,10 +101,14 @@ def scan(
     store = RunStore(runs_dir)
     store.check_writable()
     if resume:
-        run = store.latest(kind="scan", status="running") if resume == "last" else store.open(resume)
+        run = store.latest(kind="scan", status="incomplete") if resume == "last" else store.open(resume)
         if run is None:
             raise UserError("no interrupted scan to resume; start a new one without --resume")
-        cfg = run.manifest["config"]
+        if run.status == "complete":
+            raise UserError(f"run {run.run_id} is already complete; `sparsescope report {run.run_id}` shows it")
+        cfg = run.manifest.get("config")
+        if not cfg:
+            raise UserError(f"run {run.run_id} has no readable manifest to resume from; start a new scan")
         model, suites, sites, layers, metrics = (cfg["model"], ",".join(cfg["suites"]), cfg["sites"], cfg["layers"],
                                                  cfg["metrics"])
         batch_size, max_tokens = cfg["batch_size"], cfg["max_tokens"]
@@ -152,7 +156,7 @@ def _report(run, html: bool = True, metric: str = "hoyer") -> None:
     if run.manifest.get("weights_note"):
         out.print(f"note: {run.manifest['weights_note']}")
     if html:
-        path = write_html(run)
+        path = write_html(run, metric=metric)
         out.print(f"report: {path}")
 
 
@@ -177,7 +181,7 @@ def report(
 @app.command()
 @friendly
 def runs(runs_dir: Optional[Path] = RUNS_DIR):
-    """List runs with their status (complete, running = resumable, incomplete = damaged)."""
+    """List runs with their status (complete; running = a live process writes it; incomplete = resumable or damaged)."""
     from rich.table import Table
 
     from sparsescope.store import RunStore

@@ -88,16 +88,17 @@ def token_metrics(x: torch.Tensor, metrics: list[Metric], mask: torch.Tensor | N
     searches); otherwise no sort is done. Conventions for an all-zero row: hoyer 1, mass_density 0,
     teal_sparsity 1 (nothing carries signal, everything can be dropped).
     """
-    x = x.float()
+    x = x if x.dtype == torch.float64 else x.float()  # float64 stays: Hoyer of near-uniform rows cancels
+    dt = x.dtype
     a = x.abs()
     if mask is None:
-        n = torch.full((x.shape[0],), x.shape[1], dtype=torch.float32, device=x.device)
+        n = torch.full((x.shape[0],), x.shape[1], dtype=dt, device=x.device)
     else:
         a = a.masked_fill(~mask, math.inf)  # invalid entries sort last and never count as small
-        n = mask.sum(1).float()
+        n = mask.sum(1).to(dt)
     finite = a if mask is None else a.masked_fill(~mask, 0.0)
     total = finite.pow(2).sum(1, dtype=torch.float64)
-    rms = (total / n).sqrt().float()
+    rms = (total / n).sqrt().to(dt)
     static = [m for m in metrics if m.name != "delta_frac"]
     cols: list[torch.Tensor] = []
     if any(m.name in ("mass_density", "teal_sparsity") for m in static):
@@ -105,12 +106,12 @@ def token_metrics(x: torch.Tensor, metrics: list[Metric], mask: torch.Tensor | N
         c = srt.to(torch.float64).pow(2).cumsum(1)  # c[j] = energy of the j+1 smallest entries
 
         def count_le(v: torch.Tensor) -> torch.Tensor:  # entries with |x| ≤ v, per row
-            return torch.searchsorted(srt, v.float()[:, None].contiguous(), right=True)[:, 0].float()
+            return torch.searchsorted(srt, v.to(dt)[:, None].contiguous(), right=True)[:, 0].to(dt)
     else:
         c = None
 
         def count_le(v: torch.Tensor) -> torch.Tensor:
-            return (a <= v[:, None]).sum(1).float()
+            return (a <= v[:, None]).sum(1).to(dt)
 
     for m in static:
         if m.name == "zero_frac":
@@ -119,15 +120,15 @@ def token_metrics(x: torch.Tensor, metrics: list[Metric], mask: torch.Tensor | N
             cols.append(count_le(m.threshold * rms) / n)
         elif m.name == "hoyer":
             l1 = finite.sum(1)
-            l2 = total.sqrt().float()
+            l2 = total.sqrt().to(dt)
             sqrt_n = n.sqrt()
-            ratio = torch.where(l2 > 0, l1 / l2.clamp_min(1e-30), sqrt_n)
+            ratio = torch.where(l2 > 0, l1 / l2.clamp_min(1e-30), torch.ones_like(sqrt_n))
             cols.append((sqrt_n - ratio) / (sqrt_n - 1).clamp_min(1e-12))
         elif m.name == "mass_density":  # dropping the smallest m' entries keeps ≥ p of the energy
             droppable = (c <= (1 - m.threshold) * total[:, None]).sum(1)
-            cols.append(((n - droppable) / n).float())
+            cols.append((n - droppable) / n)
         elif m.name == "teal_sparsity":  # ‖x − x̂‖/‖x‖ ≤ e  ⇔  dropped energy ≤ e²·‖x‖²
-            cols.append(((c <= m.threshold**2 * total[:, None]).sum(1) / n).float())
+            cols.append((c <= m.threshold**2 * total[:, None]).sum(1) / n)
     return torch.stack(cols, dim=1) if cols else x.new_zeros(x.shape[0], 0)
 
 

@@ -166,7 +166,7 @@ class Recorder:
             if site == PATTERN:
                 self._observe_pattern(t, valid, rows, st)
                 return
-            x = t.reshape(t.shape[0], t.shape[1], -1)
+            x = t.reshape(valid.shape[0], valid.shape[1], -1)  # also [B·T, d] (OPT flattens inside its MLP)
             flat = x[valid]
             lengths = valid.sum(1)
             owner = rows.repeat_interleave(lengths)
