@@ -1,5 +1,9 @@
-"""Weight sparsity statistics, training-free pruning masks, fake quantization and TEAL input thresholding."""
+"""Weight sparsity statistics, training-free pruning masks, fake quantization and TEAL input thresholding.
 
+Importing this package registers the levers ``prune``, ``quant``, ``act_quant`` and ``teal`` with ``intervene``.
+"""
+
+from sparsescope.weights.levers import calibration_for, global_magnitude_plan, parse_nm
 from sparsescope.weights.prune import (
     global_magnitude_masks,
     magnitude_mask,
@@ -16,10 +20,13 @@ __all__ = [
     "SUPPORTED_BITS",
     "bytes_per_param",
     "calibrate_threshold",
+    "calibration_for",
     "global_magnitude_masks",
+    "global_magnitude_plan",
     "magnitude_mask",
     "nm_mask",
     "nm_readiness",
+    "parse_nm",
     "quantize_activation",
     "quantize_weight",
     "random_mask",
