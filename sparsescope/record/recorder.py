@@ -258,16 +258,21 @@ class Recorder:
 
     def run(self, suites: Sequence, run_id: str = "", progress: Callable[[int], None] | None = None,
             skip: set[str] | None = None, on_suite: Callable[[str, Run], None] | None = None) -> Run:
-        """Record every suite (skipping names in ``skip``, for resume); ``on_suite`` sees each suite's part."""
+        """Record every suite (skipping :func:`part_key`s in ``skip``, for resume); ``on_suite`` sees each part."""
         parts = []
         for suite in suites:
-            if skip and suite.name in skip:
+            if skip and part_key(suite) in skip:
                 continue
             part = self.record_suite(suite, run_id, progress)
             if on_suite:
-                on_suite(suite.name, part)
+                on_suite(part_key(suite), part)
             parts.append(part)
         return concat_runs(parts, run_id)
+
+
+def part_key(suite) -> str:
+    """A suite's unit of resumable work: ladder levels share a suite name, so the split is part of the key."""
+    return f"{suite.name}|{suite.split}"
 
 
 _ACT_COLUMNS = ["run_id", "model", "suite", "split", "level", "layer", "site", "metric", "threshold", "value", "n_tokens"]
