@@ -12,6 +12,8 @@ In every coding s = Σ_t w_t · spikes[t] with w_t = 1 (binary, ternary) or 2**t
 the whole tensor (the steps the slowest token needs, or the ``steps`` you pass).
 """
 
+import functools
+
 import torch
 
 from sparsescope.errors import UserError
@@ -61,12 +63,24 @@ def decode(s: torch.Tensor, v_th: torch.Tensor) -> torch.Tensor:
     return s.to(v_th.dtype) * v_th
 
 
+@functools.cache
+def _popcount_table() -> torch.Tensor:
+    """Set bits of every 16-bit number (int64 [65536])."""
+    r, table = torch.arange(1 << 16), torch.zeros(1 << 16, dtype=torch.int64)
+    for _ in range(16):
+        table += r & 1
+        r = r >> 1
+    return table
+
+
 def _popcount(a: torch.Tensor) -> torch.Tensor:
-    """Number of set bits of a non-negative integer tensor."""
-    count = torch.zeros_like(a)
+    """Number of set bits of a non-negative int64 tensor: a 16-bit lookup table per 16-bit chunk."""
+    table = _popcount_table()
+    count = table[a & 0xFFFF]
+    a = a >> 16
     while bool((a > 0).any()):
-        count += a & 1
-        a = a >> 1
+        count += table[a & 0xFFFF]
+        a = a >> 16
     return count
 
 
