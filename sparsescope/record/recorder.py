@@ -107,6 +107,20 @@ class Recorder:
             raise UserError("a prompt produced no tokens; remove empty prompts from the suite")
         return ids
 
+    def batches(self, ids: list[list[int]]):
+        """Right-padded batches ``(prompt indices, input_ids, valid mask)``; similar lengths share a batch."""
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        pad = self.lm.tokenizer.pad_token_id or 0
+        for start in range(0, len(ids), self.config.batch_size):
+            rows = order[start: start + self.config.batch_size]
+            width = max(len(ids[i]) for i in rows)
+            input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+            valid = torch.zeros(len(rows), width, dtype=torch.bool)
+            for r, i in enumerate(rows):
+                input_ids[r, : len(ids[i])] = torch.tensor(ids[i])
+                valid[r, : len(ids[i])] = True
+            yield rows, input_ids, valid
+
     # -- the run ------------------------------------------------------------------------------------------------
     def record_suite(self, suite, run_id: str = "", progress: Callable[[int], None] | None = None) -> Run:
         """Record one suite (a ``probes.Suite``); returns its rows of the three tables."""
@@ -118,7 +132,6 @@ class Recorder:
         stats = {key: _SiteStats(n_prompts, len(self.static), len(self.delta_t)) for key in self.targets}
         logit_sums = torch.zeros(n_prompts, 2, dtype=torch.float64)
         logit_counts = torch.zeros(n_prompts, dtype=torch.float64)
-        order = sorted(range(n_prompts), key=lambda i: len(ids[i]))  # similar lengths share a batch: less padding
         handles = []
         batch: dict = {}
         try:
@@ -130,15 +143,7 @@ class Recorder:
                 else:
                     handles.append(module.register_forward_pre_hook(
                         lambda m, a, kw, f=observe: f(a[0] if a else kw["hidden_states"]), with_kwargs=True))
-            pad = self.lm.tokenizer.pad_token_id or 0
-            for start in range(0, n_prompts, self.config.batch_size):
-                rows = order[start: start + self.config.batch_size]
-                width = max(len(ids[i]) for i in rows)
-                input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-                valid = torch.zeros(len(rows), width, dtype=torch.bool)
-                for r, i in enumerate(rows):
-                    input_ids[r, : len(ids[i])] = torch.tensor(ids[i])
-                    valid[r, : len(ids[i])] = True
+            for rows, input_ids, valid in self.batches(ids):
                 batch.update(valid=valid, rows=torch.tensor(rows))
                 logits = self.lm.forward(input_ids, valid.long())
                 if self.config.logits and logits is not None and self.lm.causal:

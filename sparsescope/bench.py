@@ -1,0 +1,98 @@
+"""Side-by-side benchmarks that print ratios (never timed assertions): recording overhead, memory, load time.
+
+Each comparison runs both sides in one process run, interleaved over repeats, and reports medians, so a noisy
+shared machine affects both sides alike. Memory and load time are measured in fresh child processes, because a
+process's peak RSS and import caches only go up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+from sparsescope.models import load_model
+from sparsescope.probes import load_suites
+from sparsescope.record import RecordConfig, Recorder
+
+
+def record_overhead(model: str = "smollm2-135m", suite: str = "prose", repeats: int = 3,
+                    presets: dict[str, str | None] | None = None) -> dict:
+    """Median time of a full recording vs a plain forward over the same batches; one ratio per metric preset."""
+    lm = load_model(model)
+    s = load_suites([suite], tokenizer=lm.tokenizer)[0]
+    presets = presets or {"all metrics": None, "no-sort metrics": "zero_frac,near_zero_frac,hoyer"}
+    recorders = {name: Recorder(lm, RecordConfig(metrics=spec)) for name, spec in presets.items()}
+    first = next(iter(recorders.values()))
+    batches = [(x, m.long()) for _, x, m in first.batches(first.tokenize(s.texts))]
+    n_tokens = sum(int(m.sum()) for _, m in batches)
+    times: dict[str, list[float]] = {"plain forward": [], **{k: [] for k in recorders}}
+    for x, m in batches[:1]:
+        lm.forward(x, m)  # warm-up
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for x, m in batches:
+            lm.forward(x, m)
+        times["plain forward"].append(time.perf_counter() - t)
+        for name, rec in recorders.items():
+            t = time.perf_counter()
+            rec.record_suite(s)
+            times[name].append(time.perf_counter() - t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"tokens": n_tokens, "sites": len(next(iter(recorders.values())).targets),
+            "seconds": med, "ratio": {k: med[k] / med["plain forward"] for k in recorders}}
+
+
+def _child(args: list[str], env: dict | None = None) -> dict:
+    """Run one measurement in a fresh interpreter; it prints its result as the last JSON line."""
+    out = subprocess.run([sys.executable, "-m", "sparsescope.bench", *args], capture_output=True, text=True,
+                         check=True, env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def memory(model: str = "smollm2-135m", suite: str = "prose", factor: int = 10) -> dict:
+    """Peak RSS of recording a suite once vs ``factor`` times as many tokens, each in a fresh process."""
+    small = _child(["_memory", model, suite, "1"])
+    large = _child(["_memory", model, suite, str(factor)])
+    return {"1x": small, f"{factor}x": large, "ratio": large["peak_rss_mb"] / small["peak_rss_mb"],
+            "growth_mb": large["peak_rss_mb"] - small["peak_rss_mb"]}
+
+
+def _memory_child(model: str, suite: str, repeat: int) -> dict:
+    lm = load_model(model)
+    s = load_suites([suite], tokenizer=lm.tokenizer)[0]
+    s.prompts = s.prompts * repeat
+    run = Recorder(lm, RecordConfig(neurons=True)).record_suite(s)
+    return {"tokens": int(run.prompts[run.prompts.metric == "nll"].n_tokens.sum() + len(s.prompts)),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def load_time(model: str = "smollm2-135m") -> dict:
+    """First load (GGUF dequantisation + cache write, in an empty cache) vs cached load, fresh processes."""
+    with tempfile.TemporaryDirectory() as cache:
+        env = {"SPARSESCOPE_CACHE": cache}
+        first = _child(["_load", model], env)
+        cached = [_child(["_load", model], env)["seconds"] for _ in range(3)]
+    return {"first_s": first["seconds"], "cached_s": statistics.median(cached),
+            "ratio": first["seconds"] / statistics.median(cached)}
+
+
+def _load_child(model: str) -> dict:
+    import transformers  # noqa: F401 — import cost is not load cost
+
+    t = time.perf_counter()
+    load_model(model)
+    return {"seconds": time.perf_counter() - t}
+
+
+if __name__ == "__main__":  # child-process entry points
+    cmd, *rest = sys.argv[1:]
+    result = _memory_child(rest[0], rest[1], int(rest[2])) if cmd == "_memory" else _load_child(rest[0])
+    print(json.dumps(result))
