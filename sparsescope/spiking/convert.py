@@ -194,6 +194,7 @@ def convert(lm: LoadedModel, plan: Plan | Mapping | str | Path | None = None, *,
     gate/up/down linear, k = 3, bitwise). IF/LIF thresholds come from ``calibration`` (computed on the bundled
     calibration text when not given). The model is left untouched when anything is wrong.
     """
+    _check_model(lm)
     plan = spike_plan(plan, **params)
     if getattr(lm, "_applied", None) is not None:
         raise InterventionError("this model is already converted (a plan is applied); restore(lm) first")
@@ -213,5 +214,12 @@ def convert(lm: LoadedModel, plan: Plan | Mapping | str | Path | None = None, *,
 
 def restore(lm: LoadedModel) -> None:
     """Put the original linears back bit-exactly (raises UserError if nothing is converted)."""
+    _check_model(lm)
     intervene.restore(lm)
+
+
+def _check_model(lm: object) -> None:
+    if not isinstance(lm, LoadedModel):
+        raise UserError(f"convert/restore take the LoadedModel from sparsescope.load_model(...), got a "
+                        f"{type(lm).__name__}; wrap it with load_model((model, tokenizer)) once and reuse that")
 
