@@ -495,6 +495,169 @@ def compare(
 
 
 
+def _floats(value: str, option: str) -> list[float]:
+    """``"0.25,0.5"`` → ``[0.25, 0.5]``; one line naming the option otherwise."""
+    try:
+        return [float(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"bad {option} {value!r}; write numbers separated by commas, e.g. 0.25,0.5") from None
+
+
+def _evaluations(total: int, label: str) -> Progress:
+    return Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn("evaluations"),
+                    TextColumn("{task.fields[label]}"), TimeElapsedColumn(), TimeRemainingColumn(), console=console)
+
+
+def _note(lm) -> None:
+    if lm.weights_note:
+        out.print(f"[bold yellow]note: {lm.weights_note}[/]", highlight=False)
+
+
+@app.command()
+@friendly
+def weights(
+    model: str = MODEL,
+    metric: str = typer.Option("near_zero_frac@0.1", help="Statistic shown per layer × weight site."),
+    sensitivity: bool = typer.Option(False, "--sensitivity", help="Also measure Δppl against pruning sparsity "
+                                                                  "(whole model) and the essential-sparsity knee."),
+    per_layer: bool = typer.Option(False, "--per-layer", help="With --sensitivity: also prune one layer at a time "
+                                                              "(layers × methods × sparsities evaluations: slow)."),
+    methods: str = typer.Option("magnitude,wanda,random", help="Pruning methods: magnitude, wanda, random, global."),
+    sparsities: str = typer.Option("0.05,0.1,0.2,0.3,0.4,0.5,0.6,0.7", help="Sparsities of the curves."),
+    nm: str = typer.Option("2:4", help="N:M pattern evaluated per method ('none' to skip)."),
+    layers: Optional[str] = typer.Option(None, help="Layers for --per-layer, e.g. 0,5,10-12 (default: all)."),
+    tolerance: float = typer.Option(0.01, help="Essential sparsity: the largest sparsity with Δppl/ppl ≤ this."),
+    eval_tokens: int = typer.Option(1024, help="Held-out tokens per evaluation."),
+    text: str = typer.Option("heldout", help="Evaluation text: 'heldout' or a UTF-8 file."),
+    calibration: str = typer.Option("calibration", help="Wanda's calibration text: 'calibration' or a UTF-8 file."),
+    runs_dir: Optional[Path] = RUNS_DIR,
+):
+    """Weight statistics per layer × weight site; with --sensitivity, pruning curves and the essential sparsity.
+
+    Quantization (int8/int4/ternary, activations) and TEAL are measured by `sparsescope compare`.
+    """
+    from sparsescope import __version__
+    from sparsescope.eval import Evaluator
+    from sparsescope.probes import load_text
+    from sparsescope.store import RunStore
+    from sparsescope.weights import calibration_for, sensitivity as sens
+    from sparsescope.weights.study import check_metric, grid, page, stats_table
+
+    check_metric(metric)
+    if per_layer and not sensitivity:
+        raise UserError("--per-layer measures pruning sensitivity one layer at a time; add --sensitivity")
+    cfg = sens.SensitivityConfig(methods=tuple(split_list(methods) or ()),
+                                 sparsities=tuple(_floats(sparsities, "--sparsities")),
+                                 nm=None if nm.lower() == "none" else nm, per_layer=per_layer,
+                                 layers=parse_layers(layers), tolerance=tolerance)
+    store = RunStore(runs_dir)
+    store.check_writable()
+    texts = (load_text(text), load_text(calibration)) if sensitivity else None
+    start = time.perf_counter()
+    lm = load(model)
+    _note(lm)
+    tables = {"weights": stats_table(lm)}
+    out.print(_frame_table(grid(tables["weights"], metric), f"{lm.name}: {metric} per layer × weight site"))
+    if sensitivity:
+        evaluator = Evaluator(lm, texts[0], max_tokens=eval_tokens)
+        calib = calibration_for(lm, texts[1]) if "wanda" in cfg.methods else None
+        n = len(sens.plans(lm, cfg))
+        with _evaluations(n, "prune") as bar:
+            task = bar.add_task("prune", total=n, label="")
+            tables["sensitivity"] = sens.sensitivity(lm, evaluator, cfg, calib,
+                                                     lambda label: bar.update(task, advance=1, label=label))
+        tables["knees"] = sens.knees(tables["sensitivity"], tolerance)
+        whole = tables["sensitivity"][tables["sensitivity"]["layer"] == sens.ALL_LAYERS]
+        out.print(_frame_table(whole.pivot(index="config", columns="method", values="rel_delta_ppl"),
+                             f"Δppl / dense ppl {evaluator.dense_ppl:.3f} (whole model, {evaluator.n_tokens} tokens)"))
+        out.print(_frame_table(tables["knees"].set_index(["method", "layer"]),
+                             f"essential sparsity (largest with Δppl/ppl ≤ {tolerance:.1%})"))
+    seconds = time.perf_counter() - start
+    manifest = {"kind": "weights", "model": lm.name, "model_revision": lm.revision, "weights_note": lm.weights_note,
+                "package_version": __version__, "seconds": seconds,
+                "config": {"model": model, "metric": metric, "sensitivity": sensitivity, "methods": list(cfg.methods),
+                           "sparsities": list(cfg.sparsities), "nm": cfg.nm, "per_layer": per_layer, "layers": layers,
+                           "tolerance": tolerance, "eval_tokens": eval_tokens, "text": text,
+                           "calibration": calibration}}
+    run = store.create(manifest)
+    run.finalize({name: df.assign(run_id=run.run_id) for name, df in tables.items()})
+    path = run.write_file("weights.html", page(run.manifest, tables, metric, tolerance))
+    _note(lm)
+    out.print(f"{seconds:.1f} s; tables {', '.join(tables)} → {run.path}; page: {path}")
+
+
+def _frame_table(df, title: str):
+    """A rich table of a small frame (index as the first columns), numbers to 4 significant digits."""
+    from rich.table import Table
+
+    df = df.reset_index()
+    table = Table(*[str(c) for c in df.columns], title=title)
+    for row in df.itertuples(index=False):
+        table.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row])
+    return table
+
+
+@app.command()
+@friendly
+def compare(
+    model: str = MODEL,
+    eval_tokens: int = typer.Option(1024, help="Held-out tokens per evaluation (every configuration)."),
+    seq_len: int = typer.Option(256, help="Tokens per evaluated chunk."),
+    group_size: int = typer.Option(64, help="Inputs per scale for group quantization (SmolLM2: 64 or 32)."),
+    teal: str = typer.Option("0.25,0.5,0.7", help="TEAL activation sparsities."),
+    spike_k: str = typer.Option("2,3,4", help="Spiking thresholds k (v_th = mean|x|/k)."),
+    coding: str = typer.Option("bitwise", help="Spike coding: binary, ternary or bitwise."),
+    compositions: bool = typer.Option(True, help="Also int8 weights + spiking and int4 + TEAL."),
+    text: str = typer.Option("heldout", help="Evaluation text: 'heldout' or a UTF-8 file."),
+    calibration: str = typer.Option("calibration", help="Calibration text for TEAL thresholds."),
+    runs_dir: Optional[Path] = RUNS_DIR,
+):
+    """Head-to-head on one footing: dense, weight quantization, TEAL, spiking and compositions — quality vs energy."""
+    import pandas as pd
+
+    from sparsescope import __version__
+    from sparsescope.harvest import compare as cmp
+    from sparsescope.probes import load_text
+    from sparsescope.spiking.convert import SpikeConfig
+    from sparsescope.store import RunStore
+
+    cfg = cmp.CompareConfig(eval_tokens=eval_tokens, seq_len=seq_len, group_size=group_size,
+                            teal=tuple(_floats(teal, "--teal")), spike_k=tuple(_floats(spike_k, "--spike-k")),
+                            spike_coding=coding, compositions=compositions)
+    for k in cfg.spike_k:
+        SpikeConfig(k=k, coding=coding)
+    store = RunStore(runs_dir)
+    store.check_writable()
+    texts = load_text(text), load_text(calibration)
+    start = time.perf_counter()
+    lm = load(model)
+    cmp.check(lm, cfg)
+    _note(lm)
+    with _evaluations(cmp.n_steps(cfg), "compare") as bar:
+        task = bar.add_task("compare", total=cmp.n_steps(cfg), label="")
+        table = cmp.compare(lm, texts[0], texts[1], cfg, lambda label: bar.update(task, advance=1, label=label))
+    seconds = time.perf_counter() - start
+    manifest = {"kind": "compare", "model": lm.name, "model_revision": lm.revision, "weights_note": lm.weights_note,
+                "package_version": __version__, "seconds": seconds,
+                "config": {"model": model, "eval_tokens": eval_tokens, "seq_len": seq_len, "group_size": group_size,
+                           "teal": list(cfg.teal), "spike_k": list(cfg.spike_k), "coding": coding,
+                           "compositions": compositions, "text": text, "calibration": calibration}}
+    run = store.create(manifest)
+    run.finalize({"compare": table.assign(run_id=run.run_id)})
+    path = run.write_file("compare.html", cmp.page(run.manifest, table))
+    shown = pd.DataFrame({"method": table["method"], "config": table["config"], "ppl": table["ppl"],
+                          "Δppl": table["delta_ppl"], "KL": table["kl"], "bits/w": table["bits_per_weight"],
+                          "density": table["input_density"], "MB/tok": table["bytes_per_token"] / 1e6,
+                          "Mops/tok": table["ops_per_token"] / 1e6, "µJ/tok": table["energy_uJ_per_token"],
+                          "compute µJ": table["energy_compute_uJ_per_token"],
+                          "memory µJ": table["energy_memory_uJ_per_token"]})
+    out.print(_frame_table(shown.set_index(["method", "config"]),
+                           f"{lm.name}: head-to-head on {table['n_tokens'].iloc[0]} held-out tokens (per token, "
+                           "block linears; comparator = the spiking row's layer on quantized activations)"))
+    _note(lm)
+    out.print(f"{seconds:.1f} s; table → {run.path}; page: {path}")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

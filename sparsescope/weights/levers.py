@@ -8,6 +8,7 @@ density ``TealLever`` measures while it runs.
 
 from __future__ import annotations
 
+import math
 import zlib
 
 import torch
@@ -45,7 +46,7 @@ def _calibration(ctx: LinearContext, key: str, lever: str) -> torch.Tensor:
 
 
 def calibration_for(lm: LoadedModel, text: str, max_tokens: int = 2048) -> dict[str, dict[str, torch.Tensor]]:
-    """``calibrate(lm, text)``, refusing a calibration text with no tokens (Wanda and TEAL would have nothing to fit)."""
+    """``calibrate(lm, text)``, refusing a text with no tokens (Wanda and TEAL would have nothing to fit)."""
     if not lm.tokenizer(text)["input_ids"]:
         raise UserError("the calibration text is empty; pass a non-empty text (e.g. --calibration calibration)")
     return calibrate(lm, text, max_tokens=max_tokens)
@@ -140,7 +141,8 @@ class QuantLever(Lever):
 
 
 @register_lever("quant")
-def quant(ctx: LinearContext, bits: int | str = 8, granularity: str = "per_channel", group_size: int = 64) -> QuantLever:
+def quant(ctx: LinearContext, bits: int | str = 8, granularity: str = "per_channel",
+          group_size: int = 64) -> QuantLever:
     """Symmetric absmax int8/int4 weights (one scale per output row or per ``group_size`` inputs), ternary or fp16.
 
     SmolLM2's widths (576, 1536) need ``group_size`` 64 or 32; 128 divides neither 576 nor 192.
@@ -152,7 +154,8 @@ def quant(ctx: LinearContext, bits: int | str = 8, granularity: str = "per_chann
             raise UserError(f"quant: granularity={granularity!r} is unknown; use per_channel or group")
         if granularity == "group" and (group_size < 1 or ctx.in_features % group_size):
             raise UserError(f"quant {ctx.name}: group_size={group_size} does not divide in_features="
-                            f"{ctx.in_features}; use a divisor such as 64 or 32, or granularity per_channel")
+                            f"{ctx.in_features}; use a divisor such as {math.gcd(ctx.in_features, group_size)}, "
+                            "or granularity per_channel")
     return QuantLever(ctx, bits, granularity, group_size)
 
 

@@ -1,0 +1,26 @@
+"""One self-contained HTML page (plotly.js inlined once) from headings, tables and figures, for harvest runs."""
+
+from __future__ import annotations
+
+import html
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from sparsescope.report import PAGE
+
+
+def html_page(title: str, facts: dict[str, object], parts: list[str | pd.DataFrame | go.Figure]) -> str:
+    """``facts`` become a bullet list under the title; a str part is a heading, tables and figures are embedded."""
+    body = ["<ul>" + "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(str(v))}</li>"
+                             for k, v in facts.items() if v) + "</ul>"]
+    first_figure = True
+    for part in parts:
+        if isinstance(part, str):
+            body.append(f"<h2>{html.escape(part)}</h2>")
+        elif isinstance(part, pd.DataFrame):
+            body.append(part.to_html(index=False, float_format=lambda x: f"{x:.4g}", na_rep="–"))
+        else:
+            body.append(part.to_html(full_html=False, include_plotlyjs=first_figure))
+            first_figure = False
+    return PAGE.format(title=html.escape(title), body="\n".join(body))
