@@ -326,7 +326,8 @@ def _print_spike(result, run) -> None:
     out.print(table)
     q = result.tables["quality"].set_index(["scope", "metric"])["value"]
     t = result.timings
-    out.print(f"whole model: ppl {q['dense', 'ppl']:.3f} → {q['model', 'ppl']:.3f} (Δ {q['model', 'delta_ppl']:+.3f}), "
+    out.print(f"whole model: ppl {q['dense', 'ppl']:.3f} → {q['model', 'ppl']:.3f} "
+              f"(Δ {q['model', 'delta_ppl']:+.3f}), "
               f"KL {q['model', 'kl']:.3g} nats/token; conversion {t['convert_s']:.3f} s, "
               f"evaluation {t['dense_eval_s']:.2f} s dense vs {t['spike_eval_s']:.2f} s spiking")
     if "sweep" in result.tables:

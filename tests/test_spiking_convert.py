@@ -109,7 +109,8 @@ def brute_force(x: torch.Tensor, k: float, coding_name: str, fan_out: int, max_s
     cos = (xd * x_hat).sum(1) / (np.linalg.norm(xd, axis=1) * np.linalg.norm(x_hat, axis=1))
     entries = len(rows) * len(rows[0])
     return {"spike_sparsity": 1 - spikes / slots, "firing_rate": spikes / slots, "zero_frac": zeros / entries,
-            "spikes_per_channel": spikes / entries, "silent_channels": sum(c == 0 for c in per_channel) / len(per_channel),
+            "spikes_per_channel": spikes / entries,
+            "silent_channels": sum(c == 0 for c in per_channel) / len(per_channel),
             "abs_le_7": le7 / entries, "steps": steps_sum / len(rows), "steps_max": steps_max,
             "sops": spikes * fan_out, "macs": entries * fan_out, "recon_mse": float(((xd - x_hat) ** 2).mean()),
             "recon_cos": float(cos.mean())}

@@ -71,12 +71,11 @@ class SpikeConfig:
             raise UserError(f"neuron {self.neuron!r} spikes are ternary; drop coding={coding!r} or use neuron adaptive")
         object.__setattr__(self, "coding", coding)
         if adaptive:
-            for name in ("T", "wta", "max_steps"):
-                value = getattr(self, name)
-                if name == "T" and value is not None:
-                    raise UserError("T is the if/lif rate window; cap adaptive spikes with max_steps")
-                if value is not None:
-                    _whole(value, name, "or leave it unset")
+            if self.T is not None:
+                raise UserError("T is the if/lif rate window; cap adaptive spikes with max_steps")
+            for name in ("wta", "max_steps"):
+                if getattr(self, name) is not None:
+                    _whole(getattr(self, name), name, "or leave it unset")
             return
         for name in ("wta", "max_steps"):
             if getattr(self, name) is not None:
@@ -93,6 +92,7 @@ class SpikeConfig:
 
     @classmethod
     def from_params(cls, params: Mapping) -> "SpikeConfig":
+        """From a plan rule's params, naming unknown keys (a typo) instead of a TypeError."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(params) - known)
         if unknown:
@@ -115,7 +115,7 @@ class SpikeLever(Lever):
             self.v_th = calibrate_threshold(sample, config.percentile)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``x`` [tokens, in] → (signed counts s, spikes per entry, steps per token, value of one count [tokens|1, 1])."""
+        """``x`` [tokens, in] → (signed counts s, spikes per entry, steps per token, value of one count)."""
         cfg = self.config
         if self.v_th is not None:
             spikes = rate_encode(x.abs(), self.v_th, cfg.T, cfg.neuron, cfg.reset, cfg.tau)
