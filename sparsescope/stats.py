@@ -1,0 +1,385 @@
+"""Statistics over prompts: bootstrap CIs, ID-vs-OOD effect sizes with corrected p-values, trends along ladders.
+
+The unit is the prompt (a row group of the `prompts` table): resampling draws prompts, never tokens. Every
+function works on all layer × site × metric × threshold features at once, as prompts × features matrices.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+from sparsescope.errors import UserError
+
+FEATURE = ["layer", "site", "metric", "threshold"]
+PROMPT_COLUMNS = ["model", "suite", "split", "level", "prompt_id", *FEATURE, "value", "n_tokens"]
+_CHUNK = 1 << 20  # elements per (resample × prompt × feature) block: bounds memory at a few tens of MB
+
+
+# ---- resampling core ------------------------------------------------------------------------------------------
+
+
+def _counts(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """[n_boot, n] how often each of n items is drawn in each resample of n draws with replacement."""
+    draws = rng.integers(0, n, size=(n_boot, n)) + n * np.arange(n_boot)[:, None]
+    return np.bincount(draws.ravel(), minlength=n_boot * n).reshape(n_boot, n).astype(float)
+
+
+def _wmean(C: np.ndarray, X: np.ndarray, W: np.ndarray) -> np.ndarray:
+    """[n_boot, F] weighted column means of X [n, F] with each row counted C[b, i] times; NaN entries are skipped."""
+    ok = ~np.isnan(X)
+    W = np.where(ok, W, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (C @ np.where(ok, X * W, 0.0)) / (C @ W)
+
+
+def _moments(C: np.ndarray, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per resample and column: count, mean and sample variance (ddof 1) of the non-NaN entries of X."""
+    ok = ~np.isnan(X)
+    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
+        centre = np.nanmean(X, axis=0)  # centring keeps E[x²] − E[x]² from cancelling
+        Xc = np.where(ok, X - centre, 0.0)
+        n = C @ ok
+        mean = (C @ Xc) / n
+        var = ((C @ Xc**2) / n - mean**2) * n / (n - 1)
+        return n, mean + centre, var
+
+
+def _hedges_g(Ca: np.ndarray, Xa: np.ndarray, Cb: np.ndarray, Xb: np.ndarray) -> np.ndarray:
+    """Hedges' g of b versus a (pooled SD, small-sample factor J = 1 − 3 / (4(na + nb) − 9)) per resample."""
+    na, ma, va = _moments(Ca, Xa)
+    nb, mb, vb = _moments(Cb, Xb)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pooled = np.sqrt(((na - 1) * va + (nb - 1) * vb) / (na + nb - 2))
+        return (1 - 3 / (4 * (na + nb) - 9)) * (mb - ma) / pooled
+
+
+def _interval(boots: np.ndarray, ci: float) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile interval over axis 0, ignoring resamples where the statistic is undefined."""
+    quantile = np.nanquantile if np.isnan(boots).any() else np.quantile  # nanquantile loops over columns
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns give NaN bounds
+        lo, hi = quantile(boots, [(1 - ci) / 2, (1 + ci) / 2], axis=0)
+    return lo, hi
+
+
+def _check_ci(n_boot: int, ci: float) -> None:
+    if not 0 < ci < 1 or n_boot < 1:
+        raise UserError(f"ci={ci}, n_boot={n_boot}: ci must lie in (0, 1) and n_boot ≥ 1, e.g. ci=0.95, n_boot=2000")
+
+
+def bootstrap_ci(
+    values, weights=None, n_boot: int = 2000, ci: float = 0.95, seed: int = 0
+) -> tuple[float, float, float]:
+    """(mean, lo, hi): the (weighted) mean of `values` and its percentile-bootstrap interval over items.
+
+    Pass `weights=n_tokens` for the token-weighted mean that defines a split's value. NaN values are skipped.
+    With fewer than 2 values the bounds are NaN and a warning says so.
+    """
+    _check_ci(n_boot, ci)
+    v = np.asarray(values, dtype=float).reshape(-1, 1)
+    w = np.ones_like(v) if weights is None else np.asarray(weights, dtype=float).reshape(-1, 1)
+    if w.shape != v.shape or (w < 0).any():
+        raise UserError(f"weights must be {len(v)} non-negative numbers, one per value (got shape {w.shape})")
+    mean = float(_wmean(np.ones((1, len(v))), v, w)[0, 0]) if len(v) else float("nan")
+    n = int((~np.isnan(v)).sum())
+    if n < 2:
+        warnings.warn(f"bootstrap CI needs at least 2 values, got {n}: bounds are NaN", stacklevel=2)
+        return mean, float("nan"), float("nan")
+    boots = _wmean(_counts(len(v), n_boot, np.random.default_rng(seed)), v, w)
+    lo, hi = _interval(boots, ci)
+    return mean, float(lo[0]), float(hi[0])
+
+
+def auroc_ci(y, score, n_boot: int = 2000, ci: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """(auroc, lo, hi): AUROC of `score` for y = 1 with a bootstrap interval resampling each class separately."""
+    _check_ci(n_boot, ci)
+    y, score = np.asarray(y), np.asarray(score, dtype=float)
+    pos, neg = score[y == 1], score[y == 0]
+    if len(pos) == 0 or len(neg) == 0:
+        raise UserError(f"AUROC needs both classes; got {len(pos)} OOD and {len(neg)} ID prompts")
+    wins = (pos[:, None] > neg[None]) + 0.5 * (pos[:, None] == neg[None])  # [pos, neg]: 1, ½ for a tie, 0
+    if min(len(pos), len(neg)) < 2:
+        warnings.warn(
+            f"AUROC CI needs at least 2 prompts per class, got {len(pos)} OOD and {len(neg)} ID: bounds are NaN",
+            stacklevel=2,
+        )
+        return float(wins.mean()), float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    Cp, Cn = _counts(len(pos), n_boot, rng), _counts(len(neg), n_boot, rng)
+    boots = ((Cp @ wins) * Cn).sum(axis=1) / (len(pos) * len(neg))
+    lo, hi = _interval(boots[:, None], ci)
+    return float(wins.mean()), float(lo[0]), float(hi[0])
+
+
+# ---- prompts tables as matrices ---------------------------------------------------------------------------------
+
+
+def check_prompts(prompts: pd.DataFrame) -> None:
+    """Raise UserError unless `prompts` has the recorder's columns and one model."""
+    missing = [c for c in PROMPT_COLUMNS if c not in prompts.columns]
+    if missing:
+        raise UserError(f"the prompts table lacks columns {missing}; pass the recorder's `prompts` table")
+    models = prompts["model"].unique()
+    if len(models) > 1:
+        raise UserError(f"the prompts table mixes models {list(models)}; select one, e.g. prompts[prompts.model == m]")
+
+
+def prompt_matrix(rows: pd.DataFrame, keys: list[str]) -> tuple[np.ndarray, np.ndarray, pd.DataFrame, pd.DataFrame]:
+    """(X, W, features, index): prompts × features matrices of value and n_tokens (NaN / 0 where absent).
+
+    `keys` name a prompt (e.g. split, suite, prompt_id); `features` and `index` label the columns and rows.
+    """
+    rows = rows.reset_index(drop=True)
+    feat = rows.groupby(FEATURE, dropna=False, sort=True)
+    prom = rows.groupby(keys, dropna=False, sort=True)
+    fi, pi = feat.ngroup().to_numpy(), prom.ngroup().to_numpy()
+    if pd.Series(pi * feat.ngroups + fi).duplicated().any():
+        raise UserError(
+            "a prompt has several rows for one layer/site/metric/threshold (tables from several runs?); "
+            "keep one run, e.g. prompts[prompts.run_id == r]"
+        )
+    X = np.full((prom.ngroups, feat.ngroups), np.nan)
+    W = np.zeros_like(X)
+    X[pi, fi] = rows["value"].to_numpy(dtype=float)
+    W[pi, fi] = rows["n_tokens"].to_numpy(dtype=float)
+    features = feat.size().index.to_frame(index=False)[FEATURE]
+    index = prom.size().index.to_frame(index=False)[keys]
+    return X, W, features, index
+
+
+def _chunks(n_features: int, per_feature: int):
+    """Column slices small enough that a (per_feature × columns) block stays near _CHUNK elements."""
+    step = max(1, _CHUNK // max(1, per_feature))
+    return (slice(i, min(i + step, n_features)) for i in range(0, n_features, step))
+
+
+def _warn_small(labels: list[str]) -> None:
+    if labels:
+        warnings.warn(f"fewer than 2 prompts in {', '.join(labels)}: CI bounds are NaN", stacklevel=3)
+
+
+# ---- per-split means, ID vs OOD -----------------------------------------------------------------------------------
+
+
+def split_means(prompts: pd.DataFrame, n_boot: int = 2000, ci: float = 0.95, seed: int = 0) -> pd.DataFrame:
+    """Token-weighted mean per suite × split × level × feature with a bootstrap CI over prompts (curves with bands).
+
+    Columns: suite, split, level, layer, site, metric, threshold, n_prompts, mean, lo, hi.
+    """
+    _check_ci(n_boot, ci)
+    check_prompts(prompts)
+    X, W, features, index = prompt_matrix(prompts, ["suite", "split", "level", "prompt_id"])
+    rng = np.random.default_rng(seed)
+    out, small = [], []
+    for (suite, split, level), rows in index.groupby(["suite", "split", "level"], sort=True).groups.items():
+        Xg, Wg = X[rows], W[rows]
+        n = (~np.isnan(Xg)).sum(axis=0)
+        lo, hi = np.full(len(features), np.nan), np.full(len(features), np.nan)
+        if len(rows) >= 2:
+            C = _counts(len(rows), n_boot, rng)
+            for cols in _chunks(len(features), n_boot):
+                lo[cols], hi[cols] = _interval(_wmean(C, Xg[:, cols], Wg[:, cols]), ci)
+        lo[n < 2] = hi[n < 2] = np.nan
+        if (n < 2).any():
+            small.append(f"{suite}/{split}")
+        mean = _wmean(np.ones((1, len(rows))), Xg, Wg)[0]
+        out.append(features.assign(suite=suite, split=split, level=level, n_prompts=n, mean=mean, lo=lo, hi=hi))
+    _warn_small(small)
+    df = pd.concat(out, ignore_index=True)
+    return df[["suite", "split", "level", *FEATURE, "n_prompts", "mean", "lo", "hi"]]
+
+
+def holm(p) -> np.ndarray:
+    """Holm–Bonferroni adjusted p-values (family-wise error); NaN entries are left out of the family."""
+    p = np.asarray(p, dtype=float)
+    adj = np.full_like(p, np.nan)
+    ok = np.flatnonzero(~np.isnan(p))
+    order = ok[np.argsort(p[ok], kind="stable")]
+    m = len(order)
+    adj[order] = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    return adj
+
+
+def benjamini_hochberg(p) -> np.ndarray:
+    """Benjamini–Hochberg adjusted p-values (false discovery rate); NaN entries are left out of the family."""
+    p = np.asarray(p, dtype=float)
+    adj = np.full_like(p, np.nan)
+    ok = ~np.isnan(p)
+    if ok.any():
+        adj[ok] = sps.false_discovery_control(p[ok], method="bh")
+    return adj
+
+
+def effect_table(
+    prompts: pd.DataFrame, a: str = "id", b: str = "ood", n_boot: int = 2000, ci: float = 0.95, seed: int = 0
+) -> pd.DataFrame:
+    """Split b versus split a for every layer × site × metric × threshold, prompts pooled over suites.
+
+    Columns: n_a, n_b; mean_a, mean_b (token-weighted, as split values), diff = mean_b − mean_a with a bootstrap
+    CI (prompts resampled within each split independently); g = Hedges' g of the per-prompt values with a CI from
+    the same resamples; p = Welch's t-test on per-prompt values (two-sided); p_holm, p_bh = p adjusted over all
+    rows of the table (Holm–Bonferroni, Benjamini–Hochberg).
+    """
+    _check_ci(n_boot, ci)
+    check_prompts(prompts)
+    present = set(prompts["split"].unique())
+    if a not in present or b not in present:
+        raise UserError(f"splits {a!r} and {b!r} must both be in the table; it has {sorted(present)}")
+    X, W, features, index = prompt_matrix(prompts[prompts["split"].isin([a, b])], ["split", "suite", "prompt_id"])
+    ia, ib = (index["split"] == a).to_numpy(), (index["split"] == b).to_numpy()
+    Xa, Wa, Xb, Wb = X[ia], W[ia], X[ib], W[ib]
+    rng = np.random.default_rng(seed)
+    Ca, Cb = _counts(len(Xa), n_boot, rng), _counts(len(Xb), n_boot, rng)
+    one_a, one_b = np.ones((1, len(Xa))), np.ones((1, len(Xb)))
+    F = len(features)
+    cols = {k: np.full(F, np.nan) for k in ("mean_a", "mean_b", "diff_lo", "diff_hi", "g", "g_lo", "g_hi")}
+    for s in _chunks(F, n_boot * 2):
+        cols["mean_a"][s] = _wmean(one_a, Xa[:, s], Wa[:, s])[0]
+        cols["mean_b"][s] = _wmean(one_b, Xb[:, s], Wb[:, s])[0]
+        cols["g"][s] = _hedges_g(one_a, Xa[:, s], one_b, Xb[:, s])[0]
+        diff = _wmean(Cb, Xb[:, s], Wb[:, s]) - _wmean(Ca, Xa[:, s], Wa[:, s])
+        cols["diff_lo"][s], cols["diff_hi"][s] = _interval(diff, ci)
+        cols["g_lo"][s], cols["g_hi"][s] = _interval(_hedges_g(Ca, Xa[:, s], Cb, Xb[:, s]), ci)
+    n_a, n_b = (~np.isnan(Xa)).sum(axis=0), (~np.isnan(Xb)).sum(axis=0)
+    small = (n_a < 2) | (n_b < 2)
+    for k in ("diff_lo", "diff_hi", "g_lo", "g_hi"):
+        cols[k][small] = np.nan
+    _warn_small([f"{a} or {b} for {small.sum()} features"] if small.any() else [])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # constant features: t and p are NaN
+        p = sps.ttest_ind(Xb, Xa, axis=0, equal_var=False, nan_policy="omit").pvalue
+    p = np.asarray(p, dtype=float)
+    df = features.assign(n_a=n_a, n_b=n_b, mean_a=cols["mean_a"], mean_b=cols["mean_b"])
+    df = df.assign(diff=df["mean_b"] - df["mean_a"], diff_lo=cols["diff_lo"], diff_hi=cols["diff_hi"])
+    df = df.assign(g=cols["g"], g_lo=cols["g_lo"], g_hi=cols["g_hi"], p=p, p_holm=holm(p), p_bh=benjamini_hochberg(p))
+    df.attrs |= {"a": a, "b": b, "test": "Welch t-test on per-prompt values", "effect": "Hedges' g"}
+    return df
+
+
+def n_significant(df: pd.DataFrame, alpha: float = 0.05, method: str = "holm") -> pd.DataFrame:
+    """Per site × metric × threshold of an `effect_table`: tests, significant (adjusted p < alpha), up, down."""
+    column = {"holm": "p_holm", "bh": "p_bh", "none": "p"}.get(method)
+    if column is None:
+        raise UserError(f"method={method!r} is not a correction; use 'holm', 'bh' or 'none'")
+    sig = df[column] < alpha
+    up, down = sig & (df["diff"] > 0), sig & (df["diff"] < 0)
+    flags = df.assign(n_tests=df[column].notna(), n_significant=sig, n_up=up, n_down=down)
+    counts = ["n_tests", "n_significant", "n_up", "n_down"]
+    return flags.groupby(["site", "metric", "threshold"], dropna=False, sort=True)[counts].sum().reset_index()
+
+
+# ---- trends along corruption ladders -------------------------------------------------------------------------------
+
+
+def _below(X: np.ndarray) -> np.ndarray:
+    """[F, m, m] K[f, r, r'] = 1 if X[r', f] < X[r, f], ½ if equal, else 0.
+
+    With row r' counted w[r'] times, the mid-rank of row r in the expanded sample is ½ + Σ_r' w[r'] K[f, r, r'],
+    so ranks under any bootstrap weights are one matrix product, with ties (and duplicates) handled exactly.
+    """
+    Xt = X.T
+    return (Xt[:, None, :] < Xt[:, :, None]) + 0.5 * (Xt[:, None, :] == Xt[:, :, None])
+
+
+def _weighted_ranks(C: np.ndarray, K: np.ndarray, cluster: np.ndarray) -> np.ndarray:
+    """[B, F, m] mid-ranks when cluster j is drawn C[b, j] times (K from `_below`, cluster: code per row)."""
+    by_cluster = K @ np.eye(C.shape[1])[cluster]  # [F, m, clusters]: K summed over each cluster's rows
+    F, m, n = by_cluster.shape
+    return 0.5 + (C @ by_cluster.transpose(2, 0, 1).reshape(n, F * m)).reshape(-1, F, m)
+
+
+def _wcorr(Rx: np.ndarray, Ry: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """[B, F] Pearson correlation of Rx [B, m] with each Ry[:, f] [B, m] over rows, row weights w [B, m]."""
+    n, sx, sxx = w.sum(axis=1)[:, None], (w * Rx).sum(axis=1)[:, None], (w * Rx * Rx).sum(axis=1)[:, None]
+    sy, sxy = np.einsum("bm,bfm->bf", w, Ry), np.einsum("bm,bfm->bf", w * Rx, Ry)
+    syy = np.einsum("bm,bfm,bfm->bf", w, Ry, Ry)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (n * sxy - sx * sy) / np.sqrt((n * sxx - sx**2) * (n * syy - sy**2))
+
+
+def _ladder_design(index: pd.DataFrame) -> tuple[bool, np.ndarray]:
+    """(paired, source codes): paired when prompt ids are `<source>@<level>`, one row per source and level."""
+    source, _, suffix = index["prompt_id"].astype(str).str.rpartition("@").T.to_numpy()
+    key = index["suite"].astype(str) + "\0" + pd.Series(source, index=index.index)
+    paired = bool((source != "").all() and (suffix == index["level"].astype(str)).all())
+    paired &= not pd.DataFrame({"k": key, "l": index["level"]}).duplicated().any()
+    return paired, pd.factorize(key)[0] if paired else np.arange(len(index))
+
+
+def _cluster_counts(cluster: np.ndarray, stratum: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """[B, clusters] draw counts of a bootstrap that resamples clusters with replacement within each stratum."""
+    counts = np.zeros((n_boot, cluster.max() + 1))
+    for s in np.unique(stratum):
+        ids = np.unique(cluster[stratum == s])
+        counts[:, ids] = _counts(len(ids), n_boot, rng)
+    return counts
+
+
+def _block_permutations(block: np.ndarray, n_perm: int, rng: np.random.Generator) -> np.ndarray:
+    """[n_perm, m] row permutations that shuffle rows only within their block."""
+    perm = np.tile(np.arange(len(block)), (n_perm, 1))
+    for b in np.unique(block):
+        rows = np.flatnonzero(block == b)
+        perm[:, rows] = rng.permuted(np.tile(rows, (n_perm, 1)), axis=1)
+    return perm
+
+
+def ladders(prompts: pd.DataFrame) -> list[str]:
+    """Names of the corruption ladders in a prompts table (split prefixes before `@`)."""
+    return sorted({s.rpartition("@")[0] for s in map(str, prompts["split"].unique()) if "@" in s})
+
+
+def trend_table(
+    prompts: pd.DataFrame, ladder: str, n_boot: int = 2000, ci: float = 0.95, seed: int = 0
+) -> pd.DataFrame:
+    """Spearman rho between corruption level and per-prompt value along one ladder, per layer × site × metric.
+
+    Splits `<ladder>@<level>` form the ladder. When prompt ids are `<source>@<level>` (one clean text corrupted at
+    each level) the bootstrap resamples source texts and the permutation test (p, two-sided, `n_boot` permutations)
+    shuffles levels within each source, keeping the pairing; otherwise rows are resampled within each level and
+    permuted freely. direction: "increasing" / "decreasing" when the rho CI excludes 0, else "none".
+    Columns: layer, site, metric, threshold, n_prompts, rho, rho_lo, rho_hi, p, direction.
+    Per-level means with CIs for curves: `split_means` on the ladder's rows.
+    """
+    _check_ci(n_boot, ci)
+    check_prompts(prompts)
+    rows = prompts[prompts["split"].astype(str).str.startswith(f"{ladder}@")]
+    if rows.empty:
+        raise UserError(f"no splits named {ladder}@<level>; ladders in this table: {ladders(prompts)}")
+    X, _, features, index = prompt_matrix(rows, ["level", "suite", "prompt_id"])
+    level = index["level"].to_numpy(dtype=float)[:, None]
+    paired, cluster = _ladder_design(index)
+    rng = np.random.default_rng(seed)
+    counts = _cluster_counts(cluster, np.zeros_like(cluster) if paired else pd.factorize(level[:, 0])[0], n_boot, rng)
+    perms = _block_permutations(cluster if paired else np.zeros_like(cluster), n_boot, rng)
+    w = counts[:, cluster]  # [B, m] how often each row is drawn
+    Rx = _weighted_ranks(counts, _below(level), cluster)[:, 0]
+    Rx0 = sps.rankdata(level[:, 0])
+    dx = Rx0 - Rx0.mean()
+    dx_perm = dx[perms] / np.sqrt((dx**2).sum())  # permuting rows within blocks keeps both rank sets
+    complete = ~np.isnan(X).any(axis=0)
+    if not complete.all():
+        n = (~complete).sum()
+        warnings.warn(f"{n} features lack values for some {ladder} prompts: their trend is NaN", stacklevel=2)
+    F = len(features)
+    rho, lo, hi, p = (np.full(F, np.nan) for _ in range(4))
+    for s in _chunks(F, n_boot * len(X)):
+        cols = np.flatnonzero(complete[s]) + s.start
+        if not len(cols):
+            continue
+        Ry0 = sps.rankdata(X[:, cols], axis=0)
+        rho[cols] = _wcorr(Rx0[None], Ry0.T[None], np.ones((1, len(X))))[0]
+        lo[cols], hi[cols] = _interval(_wcorr(Rx, _weighted_ranks(counts, _below(X[:, cols]), cluster), w), ci)
+        dy = Ry0 - Ry0.mean(axis=0)
+        null = (dx_perm @ dy) / np.sqrt((dy**2).sum(axis=0))
+        p[cols] = (1 + (np.abs(null) >= np.abs(rho[cols]) - 1e-12).sum(axis=0)) / (n_boot + 1)
+    p[np.isnan(rho)] = np.nan
+    direction = np.where(lo > 0, "increasing", np.where(hi < 0, "decreasing", "none"))
+    df = features.assign(n_prompts=(~np.isnan(X)).sum(axis=0), rho=rho, rho_lo=lo, rho_hi=hi, p=p, direction=direction)
+    df.attrs |= {"ladder": ladder, "paired": paired}
+    return df
