@@ -494,12 +494,12 @@ def compare(
     shown = pd.DataFrame({"method": table["method"], "config": table["config"], "ppl": table["ppl"],
                           "Δppl": table["delta_ppl"], "KL": table["kl"], "bits/w": table["bits_per_weight"],
                           "density": table["input_density"], "MB/tok": table["bytes_per_token"] / 1e6,
-                          "Mops/tok": table["ops_per_token"] / 1e6, "µJ/tok": table["energy_uJ_per_token"],
-                          "compute µJ": table["energy_compute_uJ_per_token"],
-                          "memory µJ": table["energy_memory_uJ_per_token"]})
-    out.print(_frame_table(shown.set_index(["method", "config"]),
-                           f"{lm.name}: head-to-head on {table['n_tokens'].iloc[0]} held-out tokens (per token, "
-                           "block linears; comparator = the spiking row's layer on quantized activations)"))
+                          "Mops/tok": table["ops_per_token"] / 1e6, "mJ/tok": table["energy_uJ_per_token"] / 1e3,
+                          "compute mJ": table["energy_compute_uJ_per_token"] / 1e3})
+    wide = out if out.is_terminal else Console(width=160)  # a log or pipe gets every column in full
+    wide.print(_frame_table(shown.set_index(["method", "config"]),
+                            f"{lm.name}: head-to-head on {table['n_tokens'].iloc[0]} held-out tokens (per token, "
+                            "block linears; comparator = the spiking row's layer on quantized activations)"))
     _note(lm)
     out.print(f"{seconds:.1f} s; table → {run.path}; page: {path}")
 

@@ -4,6 +4,7 @@ import itertools
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from sparsescope.cli import app
@@ -32,7 +33,7 @@ def table():
 def test_every_row_is_measured_against_the_same_dense_baseline(table):
     dense = table[(table["method"] == "dense") & (table["config"] == "fp32")].iloc[0]
     assert dense["delta_ppl"] == 0.0 and dense["kl"] == 0.0
-    assert np.allclose(table["ppl"] - table["delta_ppl"], dense["ppl"], rtol=0, atol=1e-9)
+    assert ((table["ppl"] - table["delta_ppl"] - dense["ppl"]).abs() <= 1e-12 * table["ppl"]).all()
     assert (table["n_tokens"] == dense["n_tokens"]).all()
     assert (table.drop(index=dense.name)["kl"] > 0).all()  # every other configuration changed the model
     methods = [(m, c) for m, c, _ in configurations(SMALL)]
@@ -147,3 +148,21 @@ def test_empty_calibration_file_exits_with_one_line(model_dir, tmp_path):
                                       "--calibration", str(empty), "--eval-tokens", "64"])
     assert "is empty" in one_error_line(result)
     assert RunStore(tmp_path).latest(status="complete") is None
+
+
+@pytest.mark.slow
+def test_smollm2_compare_shares_one_baseline_and_leaves_the_model_bit_identical():
+    from sparsescope.models import load_model
+    from sparsescope.probes import load_text
+
+    lm = load_model("smollm2-135m")
+    before = {k: v.clone() for k, v in lm.model.state_dict().items()}
+    cfg = CompareConfig(eval_tokens=128, seq_len=128, calib_tokens=256, teal=(0.5,), spike_k=(3,), compositions=False)
+    table = compare(lm, load_text("heldout"), load_text("calibration"), cfg).set_index("config")
+    assert table.loc["fp32", "delta_ppl"] == 0.0 and table.loc["fp32", "kl"] == 0.0
+    assert ((table["ppl"] - table["delta_ppl"] - table.loc["fp32", "ppl"]).abs() <= 1e-12 * table["ppl"]).all()
+    n_params = sum(i * o for i, o in linear_shapes(lm).values())
+    assert table.loc["fp32", "weight_bytes_per_token"] == 4 * n_params
+    assert table.loc["int4 group 64", "bits_per_weight"] == 4.25  # SmolLM2's 576/1536 widths take group 64
+    assert 0.4 < table.loc["50%", "input_density"] < 0.6  # TEAL's calibrated threshold roughly holds on held-out text
+    assert all(torch.equal(v, lm.model.state_dict()[k]) for k, v in before.items())
