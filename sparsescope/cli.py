@@ -403,7 +403,7 @@ def weights(
     lm = load(model)
     _note(lm)
     tables = {"weights": stats_table(lm)}
-    out.print(_frame_table(grid(tables["weights"], metric), f"{lm.name}: {metric} per layer × weight site"))
+    _show(_frame_table(grid(tables["weights"], metric), f"{lm.name}: {metric} per layer × weight site"))
     if sensitivity:
         evaluator = Evaluator(lm, texts[0], max_tokens=eval_tokens)
         calib = calibration_for(lm, texts[1]) if "wanda" in cfg.methods else None
@@ -414,10 +414,10 @@ def weights(
                                                      lambda label: bar.update(task, advance=1, label=label))
         tables["knees"] = sens.knees(tables["sensitivity"], tolerance)
         whole = tables["sensitivity"][tables["sensitivity"]["layer"] == sens.ALL_LAYERS]
-        out.print(_frame_table(whole.pivot(index="config", columns="method", values="rel_delta_ppl"),
-                             f"Δppl / dense ppl {evaluator.dense_ppl:.3f} (whole model, {evaluator.n_tokens} tokens)"))
-        out.print(_frame_table(tables["knees"].set_index(["method", "layer"]),
-                             f"essential sparsity (largest with Δppl/ppl ≤ {tolerance:.1%})"))
+        _show(_frame_table(whole.pivot(index="config", columns="method", values="rel_delta_ppl"),
+                           f"Δppl / dense ppl {evaluator.dense_ppl:.3f} (whole model, {evaluator.n_tokens} tokens)"))
+        _show(_frame_table(tables["knees"].set_index(["method", "layer"]),
+                           f"essential sparsity (largest with Δppl/ppl ≤ {tolerance:.1%})"))
     seconds = time.perf_counter() - start
     manifest = {"kind": "weights", "model": lm.name, "model_revision": lm.revision, "weights_note": lm.weights_note,
                 "package_version": __version__, "seconds": seconds,
@@ -430,6 +430,11 @@ def weights(
     path = run.write_file("weights.html", page(run.manifest, tables, metric, tolerance))
     _note(lm)
     out.print(f"{seconds:.1f} s; tables {', '.join(tables)} → {run.path}; page: {path}")
+
+
+def _show(table) -> None:
+    """Print a table; a log or pipe (not a terminal) gets every column in full instead of 80 columns."""
+    (out if out.is_terminal else Console(width=160)).print(table)
 
 
 def _frame_table(df, title: str):
@@ -496,10 +501,9 @@ def compare(
                           "density": table["input_density"], "MB/tok": table["bytes_per_token"] / 1e6,
                           "Mops/tok": table["ops_per_token"] / 1e6, "mJ/tok": table["energy_uJ_per_token"] / 1e3,
                           "compute mJ": table["energy_compute_uJ_per_token"] / 1e3})
-    wide = out if out.is_terminal else Console(width=160)  # a log or pipe gets every column in full
-    wide.print(_frame_table(shown.set_index(["method", "config"]),
-                            f"{lm.name}: head-to-head on {table['n_tokens'].iloc[0]} held-out tokens (per token, "
-                            "block linears; comparator = the spiking row's layer on quantized activations)"))
+    _show(_frame_table(shown.set_index(["method", "config"]),
+                       f"{lm.name}: head-to-head on {table['n_tokens'].iloc[0]} held-out tokens (per token, "
+                       "block linears; comparator = the spiking row's layer on quantized activations)"))
     _note(lm)
     out.print(f"{seconds:.1f} s; table → {run.path}; page: {path}")
 
