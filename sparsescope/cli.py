@@ -87,6 +87,9 @@ def scan(
     sites: Optional[str] = typer.Option(None, help="Sites, e.g. mlp.hook_post,blocks.3.hook_resid_post (default: all)."),
     layers: Optional[str] = typer.Option(None, help="Layers, e.g. 0,5,10-12 (default: all)."),
     metrics: Optional[str] = typer.Option(None, help="Metrics, e.g. hoyer,near_zero_frac@0.1 (default: all)."),
+    ladders: Optional[str] = typer.Option(None, help="Corruption ladders over the prose suite (levels 0/10/25/50/100), "
+                                          "e.g. shuffle,replace,char_noise,base64."),
+    seed: int = typer.Option(0, help="Seed of generated suites and ladders."),
     batch_size: int = typer.Option(8, help="Prompts per forward pass."),
     max_tokens: int = typer.Option(256, help="Truncate prompts to this many tokens."),
     resume: Optional[str] = typer.Option(None, help="Finish an interrupted run: its id, or 'last'."),
@@ -95,7 +98,7 @@ def scan(
 ):
     """Record per-layer, per-site sparsity over ID and OOD prompt suites and store it as a run."""
     from sparsescope import __version__
-    from sparsescope.probes import DEFAULT_SUITES, load_suites
+    from sparsescope.probes import CORRUPTIONS, DEFAULT_SUITES, ladder_spec, load_suites
     from sparsescope.record import RecordConfig, Recorder
     from sparsescope.record.recorder import part_key
     from sparsescope.store import RunStore
@@ -114,17 +117,24 @@ def scan(
         model, suites, sites, layers, metrics = (cfg["model"], ",".join(cfg["suites"]), cfg["sites"], cfg["layers"],
                                                  cfg["metrics"])
         batch_size, max_tokens = cfg["batch_size"], cfg["max_tokens"]
+        ladders, seed = cfg.get("ladders"), cfg.get("seed", 0)
     names = split_list(suites) or list(DEFAULT_SUITES)
+    corruptions = split_list(ladders) or []
+    unknown = [c for c in corruptions if c not in CORRUPTIONS]
+    if unknown:
+        raise UserError(f"unknown ladder {unknown[0]!r}; choose from {','.join(CORRUPTIONS)}")
     config = RecordConfig(sites=split_list(sites), layers=parse_layers(layers), metrics=metrics,
                           batch_size=batch_size, max_tokens=max_tokens)
     lm = load(model)
     recorder = Recorder(lm, config)  # validates sites/layers/metrics before anything is written
-    suite_objs = load_suites(names, tokenizer=lm.tokenizer)
+    suite_objs = load_suites(names + [f"ladder:{c}" for c in corruptions], tokenizer=lm.tokenizer, seed=seed)
     if not resume:
+        prose = load_suites(["prose"], tokenizer=lm.tokenizer, seed=seed)[0] if corruptions else None
         manifest = {"kind": "scan", "model": lm.name, "model_revision": lm.revision, "weights_note": lm.weights_note,
-                    "suites": names, "package_version": __version__,
+                    "suites": names, "package_version": __version__, "seed": seed,
+                    "ladders": {c: ladder_spec(prose, c, seed=seed, tokenizer=lm.tokenizer) for c in corruptions},
                     "config": {"model": model, "suites": names, "sites": sites, "layers": layers, "metrics": metrics,
-                               "batch_size": batch_size, "max_tokens": max_tokens},
+                               "ladders": ladders, "seed": seed, "batch_size": batch_size, "max_tokens": max_tokens},
                     "suite_sources": {s.name: {"source": s.source, "license": s.license} for s in suite_objs}}
         run = store.create(manifest, run_id=None)
     done = run.done_parts()

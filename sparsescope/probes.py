@@ -300,8 +300,8 @@ def ladder(texts: Sequence[str] | Suite, corruption: str, levels: Sequence[int] 
     whitespace between words is kept as is. Level 0 is the clean text itself. Rounding is Python's
     round (half to even) on the exact value level·n/100. Every text and level draws from its own
     numpy generator seeded by sha256(seed, text index, corruption, level), so results are reproducible.
-    The suites are named `ladder:<corruption>` with split `<corruption>@<level>`; prompt ids are the
-    clean ids, so prompts pair up across levels.
+    The suites are named `ladder:<corruption>` with split `<corruption>@<level>`; prompt ids are
+    `<clean id>@<level>`, so prompts pair up across levels (see `stats.trend_table`).
     """
     clean, levels = _ladder_args(texts, corruption, levels, tokenizer)
     name, unit = f"ladder:{corruption}", _unit(corruption, tokenizer)
@@ -309,7 +309,7 @@ def ladder(texts: Sequence[str] | Suite, corruption: str, levels: Sequence[int] 
     for level in levels:
         split = f"{corruption}@{level}"
         rngs = [_rng("ladder", seed, i, corruption, level) for i in range(len(clean.prompts))]
-        prompts = [Prompt(p.id, _corrupt(p.text, corruption, Fraction(level, 100), rng, tokenizer), name, split, level)
+        prompts = [Prompt(f"{p.id}@{level}", _corrupt(p.text, corruption, Fraction(level, 100), rng, tokenizer), name, split, level)
                    for p, rng in zip(clean.prompts, rngs)]
         source = f"{clean.name} ({clean.source}); {corruption} on {level}% of {unit}s, seed {seed}"
         suites.append(Suite(name, split, prompts, source, clean.license, level=level, family="ladder"))

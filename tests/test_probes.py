@@ -177,7 +177,7 @@ def test_ladder_level_zero_is_the_clean_text_and_levels_are_labelled(corruption,
         (f"ladder:{corruption}", f"{corruption}@{level}", level) for level in (0, 10, 25, 50, 100)]
     assert suites[0].texts == prose.texts
     for s in suites:
-        assert [p.id for p in s.prompts] == [p.id for p in prose.prompts]
+        assert [p.id for p in s.prompts] == [f"{p.id}@{s.level}" for p in prose.prompts]
         assert all(p.level == s.level and p.split == s.split for p in s.prompts)
         assert s.license == prose.license
     assert all(a != b for a, b in zip(suites[-1].texts, prose.texts))
