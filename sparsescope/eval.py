@@ -53,7 +53,7 @@ class Evaluator:
         total = 0.0
         for i, lp in enumerate(logps):
             target = self.chunks[i * self.batch_size: (i + 1) * self.batch_size, 1:]
-            total += float(-lp.gather(-1, target[..., None]).sum())
+            total += float(-lp.gather(-1, target[..., None]).sum(dtype=torch.float64))
         return total / self.n_tokens
 
     def reference(self) -> None:
@@ -69,5 +69,6 @@ class Evaluator:
             self.reference()
         logps = self._logprobs()
         ppl = math.exp(self._nll(logps))
-        kl = sum(float((d.exp() * (d - c)).sum()) for d, c in zip(self._dense, logps)) / self.n_tokens
+        kl = sum(float((d.exp() * (d - c)).sum(dtype=torch.float64))
+                 for d, c in zip(self._dense, logps)) / self.n_tokens
         return {"ppl": ppl, "delta_ppl": ppl - self.dense_ppl, "kl": max(kl, 0.0), "n_tokens": self.n_tokens}

@@ -56,6 +56,15 @@ class Lever:
 
 
 LEVERS: dict[str, Callable[..., Lever]] = {}
+BUNDLED_LEVERS = ("sparsescope.spiking.convert", "sparsescope.weights.levers")  # register on import
+
+
+def _load_bundled_levers() -> None:
+    """Import the bundled lever modules so a plan can name their levers without the caller importing them."""
+    import importlib
+
+    for module in BUNDLED_LEVERS:
+        importlib.import_module(module)
 
 
 def register_lever(name: str):
@@ -156,6 +165,7 @@ def _resolve(lm: LoadedModel, plan: Plan) -> dict[tuple[int, str], list[Rule]]:
         module_path = sites.arch.linears[wsite]
         canonical[(layer, module_path)] = wsite
     chosen: dict[tuple[int, str], list[Rule]] = {}
+    _load_bundled_levers()
     for rule in plan.rules:
         if rule.lever not in LEVERS:
             raise InterventionError(f"unknown lever {rule.lever!r}; available: {', '.join(sorted(LEVERS))}")

@@ -8,18 +8,8 @@ from typer.testing import CliRunner
 
 from sparsescope.cli import app
 from sparsescope.record import Recorder
-from tiny import tiny_model
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny-llama")
-    lm = tiny_model("llama")
-    lm.model.save_pretrained(path)
-    lm.tokenizer.save_pretrained(path)
-    return path
 
 
 def scan(model_dir, runs, *extra):

@@ -82,15 +82,6 @@ def test_pareto_front_matches_brute_force():
     assert list(pareto_front(cost, loss)) == expect
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    lm = tiny_model("llama")
-    path = tmp_path_factory.mktemp("tiny-llama")
-    lm.model.save_pretrained(path)
-    lm.tokenizer.save_pretrained(path)
-    return path
-
-
 def one_error_line(result) -> str:
     """The error line; nothing else but model-loading progress may be printed (no traceback)."""
     lines = [line for line in result.output.strip().splitlines() if line.strip() and "Loading weights" not in line]

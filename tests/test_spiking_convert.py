@@ -301,15 +301,6 @@ def test_study_per_layer_quality_and_sweep():
     assert getattr(lm, "_applied", None) is None
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny-llama")
-    lm = tiny_model("llama")
-    lm.model.save_pretrained(path)
-    lm.tokenizer.save_pretrained(path)
-    return path
-
-
 def test_cli_spike_end_to_end(model_dir, tmp_path):
     runs = tmp_path / "runs"
     result = CliRunner().invoke(app, ["spike", "--model", str(model_dir), "--eval-tokens", "96", "--per-layer",

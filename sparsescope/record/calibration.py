@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
+from sparsescope.errors import UserError
 from sparsescope.models.loading import LoadedModel
 from sparsescope.models.sites import site_name
 
@@ -24,7 +25,9 @@ def calibrate(lm: LoadedModel, texts: str | Sequence[str], seq_len: int = 256, m
     |x| entries (equal share per chunk), for thresholds at a quantile (TEAL) or percentile (ann2snn).
     """
     text = texts if isinstance(texts, str) else "\n\n".join(texts)
-    ids = torch.tensor(lm.tokenizer(text)["input_ids"][:max_tokens])
+    ids = torch.tensor(lm.tokenizer(text)["input_ids"][:max_tokens], dtype=torch.long)
+    if len(ids) < 2:
+        raise UserError("the calibration text is empty (under 2 tokens); pass a longer calibration text")
     seq_len = min(seq_len, lm.context, len(ids))
     chunks = ids[: len(ids) // seq_len * seq_len].view(-1, seq_len)
     gen = torch.Generator().manual_seed(seed)
