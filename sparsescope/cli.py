@@ -163,14 +163,22 @@ def scan(
 
 
 def _report(run, html: bool = True, metric: str = "hoyer") -> None:
-    from sparsescope.report import print_summary, summary_table, write_html
+    from sparsescope.report import print_stats, print_summary, statistics, summary_table, write_html
 
     acts = run.read("activations")
     print_summary(summary_table(acts, metric=metric), out, title=f"{run.run_id}: {metric}, ID vs OOD per layer")
+    stats = {}
+    if "prompts" in run.manifest.get("tables", {}):
+        with console.status("statistics over prompts (bootstrap CIs, trends, detector)"):
+            stats = statistics(run.read("prompts"))
+        for name in ("effects", "trends", "detector"):
+            if name in stats:
+                run.write_table(name, stats[name].drop(columns=["fpr", "tpr"], errors="ignore"))
+        print_stats(stats, out)
     if run.manifest.get("weights_note"):
         out.print(f"note: {run.manifest['weights_note']}")
     if html:
-        path = write_html(run, metric=metric)
+        path = write_html(run, metric=metric, stats=stats)
         out.print(f"report: {path}")
 
 

@@ -1,6 +1,7 @@
 """Show a run: the ID-vs-OOD summary for the terminal, plotly figures and one self-contained HTML page.
 
-Reads only the tidy tables (design §3): `activations` and, when present, `neurons`.
+Reads only the tidy tables (design §3): `activations` and, when present, `neurons`; `statistics` adds the
+prompt-level sections (ID vs OOD effects, ladder trends, OOD detector) from the `prompts` table.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 from rich import box
 from rich.console import Console
 from rich.table import Table
@@ -228,10 +230,11 @@ def _summary_html(activations: pd.DataFrame, metric: str, threshold: float | Non
 
 
 def write_html(run_dir: RunDir, tables: dict[str, pd.DataFrame] | None = None, path: Path | str | None = None,
-               metric: str = "hoyer", threshold: float | None = None) -> Path:
+               metric: str = "hoyer", threshold: float | None = None,
+               stats: dict[str, pd.DataFrame] | None = None) -> Path:
     """Write one self-contained HTML report (plotly.js inlined once) into the run folder or to `path`, atomically.
 
-    `tables` defaults to the run's own `activations` and `neurons`.
+    `tables` defaults to the run's own `activations` and `neurons`; `stats` (from `statistics`) adds its sections.
     """
     m = run_dir.manifest
     if tables is None:
@@ -244,6 +247,7 @@ def write_html(run_dir: RunDir, tables: dict[str, pd.DataFrame] | None = None, p
     for i, fig in enumerate(figures(tables, metric, threshold).values()):
         body += [f"<h2>{html.escape(fig.layout.title.text)}</h2>",
                  fig.to_html(full_html=False, include_plotlyjs=i == 0)]
+    body += stats_html(stats or {})
     body += ["<h2>Run configuration</h2>",
              f"<pre>{html.escape(json.dumps(m.get('config', {}), indent=2, default=str))}</pre>"]
     title = f"sparsescope report — {m.get('model') or 'model'} ({run_dir.run_id})"
@@ -251,3 +255,175 @@ def write_html(run_dir: RunDir, tables: dict[str, pd.DataFrame] | None = None, p
     if path is None:
         return run_dir.write_file("report.html", page)
     return atomic_write_text(path, page)
+
+
+# -- statistics over prompts (ID vs OOD effects, ladder trends, OOD detector) ------------------------------------
+EFFECT_METRICS = (("hoyer", math.nan), ("near_zero_frac", 0.1))
+PROFILE_METRICS = (*EFFECT_METRICS, ("teal_sparsity", 0.1))
+GROUPS = ("early", "middle", "late")
+
+
+def _metric_pairs(prompts: pd.DataFrame, pairs) -> pd.DataFrame:
+    """Rows of the given (metric, threshold) pairs (NaN threshold = none) outside the logits baseline rows."""
+    keep = np.zeros(len(prompts), dtype=bool)
+    for metric, threshold in pairs:
+        t = prompts["threshold"].to_numpy(dtype=float)
+        same = np.isnan(t) if math.isnan(threshold) else np.isclose(t, threshold)
+        keep |= (prompts["metric"] == metric).to_numpy() & same
+    return prompts[keep & (prompts["site"] != "logits").to_numpy()]
+
+
+def layer_groups(prompts: pd.DataFrame) -> pd.DataFrame:
+    """Per-prompt values averaged over the early / middle / late third of the recorded layers (layer = 0, 1, 2)."""
+    layers = np.sort(prompts["layer"].unique())
+    group = dict(zip(layers, np.arange(len(layers)) * len(GROUPS) // len(layers)))
+    keys = ["model", "suite", "split", "level", "prompt_id", "layer", "site", "metric", "threshold"]
+    return (prompts.assign(layer=prompts["layer"].map(group))
+            .groupby(keys, dropna=False, sort=False, observed=True)
+            .agg(value=("value", "mean"), n_tokens=("n_tokens", "first")).reset_index())
+
+
+def statistics(prompts: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict[str, pd.DataFrame]:
+    """The run's statistic tables from its `prompts` table, as far as its splits allow.
+
+    effects: `effect_table` OOD vs ID over hoyer and near_zero_frac@0.1 (Holm over all its rows);
+    trends: `trend_table` per ladder (column `ladder`), per layer and per layer group (`group`: layer or
+    early/middle/late); ladder_means: `split_means` of the layer groups along each ladder;
+    detector: `leave_family_out` with OOD suites as families, the sparsity profile (hoyer, near_zero_frac@0.1,
+    teal_sparsity@0.1 on all recorded sites and layers) against the perplexity and max-softmax baselines.
+    """
+    from .ood import baseline_scores, leave_family_out, profiles
+    from .stats import effect_table, ladders, split_means, trend_table
+
+    out = {}
+    splits = set(prompts["split"])
+    if {ID, OOD} <= splits:
+        out["effects"] = effect_table(_metric_pairs(prompts, EFFECT_METRICS), ID, OOD, n_boot=n_boot, seed=seed)
+        ood_rows = prompts[prompts["split"] == OOD]
+        if ood_rows["suite"].nunique() >= 2 and (prompts["site"] == "logits").any():
+            rows = pd.concat([_metric_pairs(prompts, PROFILE_METRICS), prompts[prompts["site"] == "logits"]])
+            X, y = profiles(rows[rows["site"] != "logits"])
+            families = X.index.get_level_values("suite")
+            det = leave_family_out(X, y, families, baselines=baseline_scores(rows), n_boot=n_boot, seed=seed)
+            out["detector"] = det
+    names = ladders(prompts)
+    if names:
+        rows = _metric_pairs(prompts, PROFILE_METRICS)
+        rows = rows[rows["split"].str.contains("@")]
+        groups = layer_groups(rows)
+        trends, means = [], []
+        for name in names:
+            per_layer = trend_table(rows, name, n_boot=n_boot, seed=seed)
+            grouped = trend_table(groups, name, n_boot=n_boot, seed=seed)
+            trends += [per_layer.assign(ladder=name, group=per_layer["layer"].astype(str)),
+                       grouped.assign(ladder=name, group=grouped["layer"].map(dict(enumerate(GROUPS))), layer=-1)]
+            lad = groups[groups["split"].str.startswith(f"{name}@")]
+            means.append(split_means(lad, n_boot=n_boot, seed=seed).assign(ladder=name))
+        out["trends"] = pd.concat(trends, ignore_index=True)
+        out["ladder_means"] = pd.concat(means, ignore_index=True).assign(
+            group=lambda d: d["layer"].map(dict(enumerate(GROUPS))))
+    return out
+
+
+def effect_summary(effects: pd.DataFrame) -> pd.DataFrame:
+    """Per site and metric: layers tested, Holm-significant (up / down), and the layer with the largest |g|."""
+    from .stats import n_significant
+
+    counts = n_significant(effects, method="holm")
+    top = effects.loc[effects["g"].abs().fillna(-1).groupby(
+        [effects["site"], effects["metric"], effects["threshold"].fillna(-1)], sort=True).idxmax()]
+    top = top[["site", "metric", "threshold", "layer", "mean_a", "mean_b", "diff", "diff_lo", "diff_hi",
+               "g", "g_lo", "g_hi", "p_holm"]].rename(columns={"layer": "top_layer"})
+    return counts.merge(top, on=["site", "metric", "threshold"], how="left")
+
+
+def trend_summary(trends: pd.DataFrame) -> pd.DataFrame:
+    """Per ladder, site and metric: layers with an increasing / decreasing trend, and rho [CI] per layer group."""
+    trends = trends.assign(threshold=trends["threshold"].fillna(-1.0))  # NaN keys do not join
+    per_layer = trends[trends["layer"] >= 0]
+    keys = ["ladder", "site", "metric", "threshold"]
+    counts = (per_layer.assign(n_layers=1, n_increasing=per_layer["direction"] == "increasing",
+                               n_decreasing=per_layer["direction"] == "decreasing")
+              .groupby(keys, dropna=False, sort=True)[["n_layers", "n_increasing", "n_decreasing"]].sum())
+    grouped = trends[trends["layer"] < 0].assign(
+        rho_ci=lambda d: [f"{r:+.2f} [{lo:+.2f}, {hi:+.2f}]" for r, lo, hi in zip(d["rho"], d["rho_lo"], d["rho_hi"])])
+    wide = grouped.set_index([*keys, "group"])["rho_ci"].unstack("group")
+    wide = wide[[g for g in GROUPS if g in wide.columns]].add_prefix("rho_")
+    out = counts.join(wide).reset_index()
+    return out.assign(threshold=out["threshold"].replace(-1.0, np.nan))
+
+
+def ladder_bands(means: pd.DataFrame, metric: str = "hoyer") -> go.Figure:
+    """One metric against corruption level with its CI band: rows = layer groups, columns = ladders, line = site."""
+    rows = means[means["metric"] == metric]
+    ladders_, groups = list(dict.fromkeys(rows["ladder"])), [g for g in GROUPS if g in set(rows["group"])]
+    fig = make_subplots(rows=len(groups), cols=len(ladders_), shared_xaxes=True, shared_yaxes=True,
+                        column_titles=ladders_, row_titles=groups)
+    colors = dict(zip(dict.fromkeys(rows["site"]), px.colors.qualitative.Plotly))
+    for (ladder_, group, site), r in rows.groupby(["ladder", "group", "site"], sort=False):
+        r = r.sort_values("level")
+        at = {"row": groups.index(group) + 1, "col": ladders_.index(ladder_) + 1}
+        x = list(r["level"]) + list(r["level"])[::-1]
+        fig.add_trace(go.Scatter(x=x, y=list(r["hi"]) + list(r["lo"])[::-1], fill="toself", line={"width": 0},
+                                 fillcolor=colors[site], opacity=0.2, showlegend=False, hoverinfo="skip"), **at)
+        fig.add_trace(go.Scatter(x=r["level"], y=r["mean"], mode="lines+markers", name=site, legendgroup=site,
+                                 line={"color": colors[site]}, showlegend=at == {"row": 1, "col": 1}), **at)
+    fig.update_layout(title=f"{metric} against corruption level (%), mean over each layer group, 95% bootstrap CI",
+                      height=250 * len(groups) + 100)
+    return fig
+
+
+def _fmt(df: pd.DataFrame) -> str:
+    return df.to_html(index=False, float_format=lambda x: f"{x:.4g}", na_rep="–")
+
+
+def stats_html(stats: dict[str, pd.DataFrame]) -> list[str]:
+    """HTML sections for the statistic tables of `statistics`."""
+    from .ood import roc_figure
+
+    body = []
+    if "effects" in stats:
+        body += ["<h2>ID vs OOD effects per layer (OOD − ID; Welch t, Holm over all rows; Hedges' g)</h2>",
+                 _fmt(effect_summary(stats["effects"]))]
+    if "trends" in stats:
+        body += ["<h2>Trend along corruption ladders (Spearman rho of value vs level, 95% CI)</h2>",
+                 _fmt(trend_summary(stats["trends"]))]
+        for metric in dict.fromkeys(stats["ladder_means"]["metric"]):
+            body.append(ladder_bands(stats["ladder_means"], metric).to_html(full_html=False, include_plotlyjs=False))
+    if "detector" in stats:
+        det = stats["detector"]
+        body += ["<h2>OOD detector, leave one OOD family out (AUROC, 95% CI)</h2>",
+                 _fmt(det.drop(columns=["fpr", "tpr"])),
+                 roc_figure(det).to_html(full_html=False, include_plotlyjs=False)]
+    return body
+
+
+TERMINAL_SITES = ("mlp.hook_pre", *DEFAULT_SITES)
+
+
+def print_stats(stats: dict[str, pd.DataFrame], console: Console) -> None:
+    """A short terminal summary of `statistics` (sites of TERMINAL_SITES; the HTML report shows all)."""
+    if "effects" in stats:
+        s = effect_summary(stats["effects"])
+        s = s[s["site"].isin(TERMINAL_SITES)]
+        console.print("[bold]ID vs OOD, Holm-significant layers[/] (site, metric: significant/tested, up, down; "
+                      "largest g [CI] at layer)")
+        for r in s.itertuples(index=False):
+            name = r.metric + ("" if pd.isna(r.threshold) else f"@{r.threshold:g}")
+            console.print(f"  {r.site:22} {name:20} {r.n_significant:3}/{r.n_tests:<3} up {r.n_up:3} down {r.n_down:3}"
+                          f"  g {r.g:+.2f} [{r.g_lo:+.2f}, {r.g_hi:+.2f}] @ L{r.top_layer}", highlight=False, soft_wrap=True)
+    if "trends" in stats:
+        console.print("[bold]Ladder trends[/] (layers increasing/decreasing of tested; rho [CI] per layer group)")
+        s = trend_summary(stats["trends"])
+        for r in s[s["site"].isin(TERMINAL_SITES)].itertuples(index=False):
+            d = r._asdict()
+            name = r.metric + ("" if pd.isna(r.threshold) else f"@{r.threshold:g}")
+            rhos = "  ".join(f"{g} {d[f'rho_{g}']}" for g in GROUPS if f"rho_{g}" in d)
+            console.print(f"  {r.ladder:10} {r.site:18} {name:20} {r.n_increasing:2}/{r.n_decreasing:<2} of "
+                          f"{r.n_layers:<2} {rhos}", highlight=False, soft_wrap=True)
+    if "detector" in stats:
+        det = stats["detector"]
+        console.print("[bold]OOD detector[/] (AUROC [CI] on the held-out family)")
+        for family, rows in det.groupby("family", sort=False):
+            cells = "  ".join(f"{r.method} {r.auroc:.2f} [{r.lo:.2f}, {r.hi:.2f}]" for r in rows.itertuples())
+            console.print(f"  {family:16} {cells}", highlight=False, soft_wrap=True)
