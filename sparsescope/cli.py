@@ -404,7 +404,8 @@ def weights(
     from sparsescope.eval import Evaluator
     from sparsescope.probes import load_text
     from sparsescope.store import RunStore
-    from sparsescope.weights import calibration_for, sensitivity as sens
+    from sparsescope.record.calibration import calibrate
+    from sparsescope.weights import sensitivity as sens
     from sparsescope.weights.study import check_metric, grid, page, stats_table
 
     check_metric(metric)
@@ -424,7 +425,7 @@ def weights(
     _show(_frame_table(grid(tables["weights"], metric), f"{lm.name}: {metric} per layer × weight site"))
     if sensitivity:
         evaluator = Evaluator(lm, texts[0], max_tokens=eval_tokens)
-        calib = calibration_for(lm, texts[1]) if "wanda" in cfg.methods else None
+        calib = calibrate(lm, texts[1]) if "wanda" in cfg.methods else None
         n = len(sens.plans(lm, cfg))
         with _evaluations(n, "prune") as bar:
             task = bar.add_task("prune", total=n, label="")

@@ -9,7 +9,8 @@ import torch
 from sparsescope.errors import UserError
 from sparsescope.intervene import Plan, Rule, apply
 from sparsescope.models.sites import linear_weight
-from sparsescope.weights import calibration_for, global_magnitude_plan
+from sparsescope.record.calibration import calibrate
+from sparsescope.weights import global_magnitude_plan
 from sparsescope.weights.sensitivity import essential_sparsity
 from tiny import tiny_model
 
@@ -23,7 +24,7 @@ def lm():
 
 @pytest.fixture(scope="module")
 def calib(lm):
-    return calibration_for(lm, TEXT)
+    return calibrate(lm, TEXT)
 
 
 def snapshot(lm):
@@ -61,7 +62,7 @@ PLANS = [
 def test_apply_changes_the_model_and_restore_is_bit_exact(arch, rules):
     lm = tiny_model(arch)
     before, out = snapshot(lm), logits(lm)
-    with apply(lm, Plan(rules), calibration_for(lm, TEXT)):
+    with apply(lm, Plan(rules), calibrate(lm, TEXT)):
         assert not torch.equal(logits(lm), out)
     after = snapshot(lm)
     assert before.keys() == after.keys()
@@ -199,7 +200,7 @@ def test_bad_parameters_raise_one_line_and_leave_the_model_untouched(lm, rule, m
 
 def test_empty_calibration_text_is_refused(lm):
     with pytest.raises(UserError, match="calibration text is empty"):
-        calibration_for(lm, "")
+        calibrate(lm, "")
 
 
 @pytest.mark.parametrize("points, tolerance, expected", [

@@ -35,7 +35,8 @@ from sparsescope.harvest.page import html_page
 from sparsescope.models.sites import linear_weight, site_name
 from sparsescope.spiking.convert import SpikeLever
 from sparsescope.spiking.energy import EnergyConstants, LinearCost, bytes_moved, dense_macs, energy, sops, sparse_macs
-from sparsescope.weights.levers import ActQuantLever, QuantLever, TealLever, calibration_for
+from sparsescope.record.calibration import calibrate
+from sparsescope.weights.levers import ActQuantLever, QuantLever, TealLever
 
 COLUMNS = ["method", "config", "ppl", "delta_ppl", "kl", "n_tokens", "bits_per_weight", "input_density",
            "bytes_per_token", "weight_bytes_per_token", "act_bytes_per_token", "ops_per_token", "macs_per_token",
@@ -200,7 +201,7 @@ def compare(lm: LoadedModel, heldout: str | Sequence[str], calibration_text: str
     shapes = linear_shapes(lm)
     evaluator = Evaluator(lm, heldout, seq_len=cfg.seq_len, max_tokens=cfg.eval_tokens)
     evaluator.reference()
-    calibration = calibration_for(lm, calibration_text, max_tokens=cfg.calib_tokens)
+    calibration = calibrate(lm, calibration_text, max_tokens=cfg.calib_tokens)
     tick("calibration")
     rows = []
     for method, config, plan in configurations(cfg):

@@ -3,7 +3,7 @@
 Importing this package registers the levers ``prune``, ``quant``, ``act_quant`` and ``teal`` with ``intervene``.
 """
 
-from sparsescope.weights.levers import calibration_for, global_magnitude_plan, parse_nm
+from sparsescope.weights.levers import global_magnitude_plan, parse_nm
 from sparsescope.weights.prune import (
     global_magnitude_masks,
     magnitude_mask,
@@ -20,7 +20,6 @@ __all__ = [
     "SUPPORTED_BITS",
     "bytes_per_param",
     "calibrate_threshold",
-    "calibration_for",
     "global_magnitude_masks",
     "global_magnitude_plan",
     "magnitude_mask",

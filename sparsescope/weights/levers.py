@@ -17,7 +17,6 @@ from sparsescope.errors import UserError
 from sparsescope.intervene import LinearContext, Lever, Plan, Rule, register_lever
 from sparsescope.models.loading import LoadedModel
 from sparsescope.models.sites import linear_weight
-from sparsescope.record.calibration import calibrate
 from sparsescope.weights._checks import check_sparsity
 from sparsescope.weights.prune import (
     global_magnitude_masks,
@@ -43,13 +42,6 @@ def _calibration(ctx: LinearContext, key: str, lever: str) -> torch.Tensor:
         raise UserError(f"lever {lever!r} needs calibration statistics ({key}) for {ctx.name}; "
                         "pass calibration=calibrate(lm, texts) to apply() with a non-empty calibration text")
     return stats[key]
-
-
-def calibration_for(lm: LoadedModel, text: str, max_tokens: int = 2048) -> dict[str, dict[str, torch.Tensor]]:
-    """``calibrate(lm, text)``, refusing a text with no tokens (Wanda and TEAL would have nothing to fit)."""
-    if not lm.tokenizer(text)["input_ids"]:
-        raise UserError("the calibration text is empty; pass a non-empty text (e.g. --calibration calibration)")
-    return calibrate(lm, text, max_tokens=max_tokens)
 
 
 def parse_nm(nm: str | tuple[int, int] | list[int]) -> tuple[int, int]:
