@@ -290,7 +290,8 @@ def statistics(prompts: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict
     trends: `trend_table` per ladder (column `ladder`), per layer and per layer group (`group`: layer or
     early/middle/late); ladder_means: `split_means` of the layer groups along each ladder;
     detector: `leave_family_out` with OOD suites as families, the sparsity profile (hoyer, near_zero_frac@0.1,
-    teal_sparsity@0.1 on all recorded sites and layers) against the perplexity and max-softmax baselines.
+    teal_sparsity@0.1 on all recorded sites and layers) against the perplexity and max-softmax baselines
+    (when the run has the logits rows).
     """
     from .ood import baseline_scores, leave_family_out, profiles
     from .stats import effect_table, ladders, split_means, trend_table
@@ -300,12 +301,12 @@ def statistics(prompts: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict
     if {ID, OOD} <= splits:
         out["effects"] = effect_table(_metric_pairs(prompts, EFFECT_METRICS), ID, OOD, n_boot=n_boot, seed=seed)
         ood_rows = prompts[prompts["split"] == OOD]
-        if ood_rows["suite"].nunique() >= 2 and (prompts["site"] == "logits").any():
-            rows = pd.concat([_metric_pairs(prompts, PROFILE_METRICS), prompts[prompts["site"] == "logits"]])
-            X, y = profiles(rows[rows["site"] != "logits"])
+        if ood_rows["suite"].nunique() >= 2:
+            X, y = profiles(_metric_pairs(prompts, PROFILE_METRICS))
+            has_logits = (prompts["site"] == "logits").any()  # encoders (no LM head) have no baseline scores
+            base = baseline_scores(prompts) if has_logits else None
             families = X.index.get_level_values("suite")
-            det = leave_family_out(X, y, families, baselines=baseline_scores(rows), n_boot=n_boot, seed=seed)
-            out["detector"] = det
+            out["detector"] = leave_family_out(X, y, families, baselines=base, n_boot=n_boot, seed=seed)
     names = ladders(prompts)
     if names:
         rows = _metric_pairs(prompts, PROFILE_METRICS)

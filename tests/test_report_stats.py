@@ -101,3 +101,9 @@ def test_scan_with_a_ladder_records_its_levels_and_reports_its_trend(model_dir, 
 def test_unknown_ladder_is_a_one_line_error(model_dir, tmp_path):
     res = runner.invoke(app, ["scan", "--model", str(model_dir), "--ladders", "bogus", "--runs-dir", str(tmp_path)])
     one_line_error(res, "unknown ladder 'bogus'")
+
+
+def test_encoder_runs_without_logits_rows_get_the_detector_without_baselines():
+    df = table()
+    stats = statistics(df[df["site"] != "logits"], n_boot=100)
+    assert set(stats["detector"]["method"]) == {"sparsity-profile"}
