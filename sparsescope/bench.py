@@ -57,8 +57,11 @@ def _child(args: list[str], env: dict | None = None) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+MEMORY_METRICS = "zero_frac,near_zero_frac,hoyer,delta_frac"  # all sites + neurons; sort buffers are per batch anyway
+
+
 def memory(model: str = "smollm2-135m", suite: str = "prose", factor: int = 10) -> dict:
-    """Peak RSS of recording a suite once vs ``factor`` times as many tokens, each in a fresh process."""
+    """Peak RSS of recording 10 prompts vs ``factor`` × as many tokens (all sites, neurons), fresh processes."""
     small = _child(["_memory", model, suite, "1"])
     large = _child(["_memory", model, suite, str(factor)])
     return {"1x": small, f"{factor}x": large, "ratio": large["peak_rss_mb"] / small["peak_rss_mb"],
@@ -68,8 +71,8 @@ def memory(model: str = "smollm2-135m", suite: str = "prose", factor: int = 10) 
 def _memory_child(model: str, suite: str, repeat: int) -> dict:
     lm = load_model(model)
     s = load_suites([suite], tokenizer=lm.tokenizer)[0]
-    s.prompts = s.prompts * repeat
-    run = Recorder(lm, RecordConfig(neurons=True)).record_suite(s)
+    s.prompts = s.prompts[:10] * repeat
+    run = Recorder(lm, RecordConfig(metrics=MEMORY_METRICS)).record_suite(s)
     return {"tokens": int(run.prompts[run.prompts.metric == "nll"].n_tokens.sum() + len(s.prompts)),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
