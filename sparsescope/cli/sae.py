@@ -53,7 +53,8 @@ def train_cmd(
     cache_tokens: int = typer.Option(100_000, help="Tokens of training text to record (position 0 excluded)."),
     cache_sites: Optional[str] = typer.Option(None, help="More sites to record in the same pass, for later runs "
                                                          "with --cache-from."),
-    cache_from: Optional[str] = typer.Option(None, help="Reuse the activation cache of this earlier sae run."),
+    cache_from: Optional[str] = typer.Option(None, help="Reuse the activation cache of an earlier sae run (id) or "
+                                                        "a cache folder."),
     text: str = typer.Option("train", help="Training text: 'train' (bundled) or a UTF-8 file."),
     context: int = typer.Option(128, help="Tokens per training window."),
     seed: int = typer.Option(0, help="Seed of the SAE initialisation and shuffling."),
@@ -73,17 +74,21 @@ def train_cmd(
     store = RunStore(runs_dir)
     store.check_writable()
     source = None
-    if cache_from:
-        source = store.open(cache_from)
-        cache = ActivationCache.open(source.path / "activations")
+    if cache_from:  # an earlier sae run, or a cache folder
+        folder = Path(cache_from)
+        if not (folder / "meta.json").is_file():
+            source = store.open(cache_from)
+            folder = source.path / "activations"
+            model = source.manifest.get("config", {}).get("model", model)
+        cache = ActivationCache.open(folder)
         cache.array(site)  # refuses a cache without this site
-        model = source.manifest.get("config", {}).get("model", model)
     lm = load(model)
     sites = [site, *(split_list(cache_sites) or [])]
     check_sites(lm, sites)
-    if source is not None:
+    if cache_from:
         if cache.meta["model_revision"] != lm.revision:
-            raise UserError(f"run {source.run_id} cached activations of another model revision; record a new cache")
+            raise UserError(f"{cache_from} cached activations of another model revision ({cache.meta['model_revision']}"
+                            f", not {lm.revision}); record a new cache")
         data_meta = cache.meta
     else:
         from sparsescope.probes import load_text
@@ -96,14 +101,14 @@ def train_cmd(
         data_meta = dict(text=text, context=context, n_tokens=int(windows.numel() - len(windows)))
     manifest = {"kind": "sae", "model": lm.name, "model_revision": lm.revision, "weights_note": lm.weights_note,
                 "site": site, "seed": seed, "data": data_meta,
-                "cache_from": source.run_id if source is not None else None,
+                "cache_from": (source.run_id if source is not None else str(cache.path)) if cache_from else None,
                 "config": {"model": model, "site": site, "arch": arch, "k": k, "d_sae": d_sae,
                            "sparsity_coefficient": sparsity_coefficient, "train_tokens": train_tokens,
                            "batch_size": batch_size, "lr": lr, "cache_tokens": cache_tokens, "cache_sites": sites,
                            "text": text, "context": context, "seed": seed}}
     run = store.create(manifest)
     try:
-        if source is None:
+        if not cache_from:
             bar, make = _bar("record")
             with bar:
                 cache = record_cache(lm, sites, body, run.path / "activations", context, cache_tokens,
@@ -189,8 +194,9 @@ def _cache(run, runs_dir):
     from sparsescope.store import RunStore
 
     folder = run.path / "activations"
-    if not folder.is_dir() and run.manifest.get("cache_from"):
-        folder = RunStore(runs_dir).open(run.manifest["cache_from"]).path / "activations"
+    source = run.manifest.get("cache_from")
+    if not folder.is_dir() and source:
+        folder = Path(source) if Path(source).is_dir() else RunStore(runs_dir).open(source).path / "activations"
     return ActivationCache.open(folder) if folder.is_dir() else None
 
 

@@ -56,7 +56,7 @@ def token_windows(ids: Sequence[int], size: int) -> list[list[int]]:
 
 def text_windows(lm: LoadedModel, text: str, size: int, max_windows: int | None = None) -> torch.Tensor:
     """``[n, size]`` token ids of ``text`` cut into windows (tokenized without special tokens)."""
-    ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = lm.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]  # long texts are cut below
     windows = token_windows(ids, size)[:max_windows]
     if not windows:
         raise UserError(f"the text has {len(ids)} tokens, fewer than one window of {size}; give a longer text")

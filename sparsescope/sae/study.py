@@ -27,7 +27,7 @@ class EvalConfig:
     suites: list[str] | None = None  # prompt suites for ID vs OOD (None: the bundled default suites)
     window: int = WINDOW  # tokens per ID / OOD window (position 0 excluded)
     heldout: str = "heldout"  # held-out text for the headline metrics (bundled name or path)
-    heldout_tokens: int = 8192  # cap on held-out tokens (windows of the training context)
+    heldout_tokens: int = 4096  # cap on held-out tokens (windows of the training context)
     context: int = 128  # held-out window length (the training context)
     n_boot: int = 1000  # bootstrap resamples for the CIs (units: prompts; held-out: windows)
     seed: int = 0  # bootstrap and probe seed

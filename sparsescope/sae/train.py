@@ -8,6 +8,8 @@ training figures), so a checkpoint says where it came from and the run can be re
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import shutil
@@ -109,16 +111,9 @@ def train(data, d_in: int, cfg: SAETrainConfig, path: Path | str, manifest: dict
         feature_sampling_window=max(100, steps // 5), n_batches_for_norm_estimate=min(50, steps))
     trainer = _trainer_class()(cfg=trainer_cfg, sae=sae, data_provider=data)
     trainer.progress = progress
-    previous = os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"  # our own progress bar replaces sae-lens's tqdm bar
     t0 = time.perf_counter()
-    try:
+    with _quiet_tqdm() if progress else contextlib.nullcontext():
         trained = trainer.fit()
-    finally:
-        if previous is None:
-            os.environ.pop("TQDM_DISABLE")
-        else:
-            os.environ["TQDM_DISABLE"] = previous
     seconds = time.perf_counter() - t0
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -132,6 +127,19 @@ def train(data, d_in: int, cfg: SAETrainConfig, path: Path | str, manifest: dict
     os.replace(tmp, path)
     sae, _ = load_sae(path)
     return TrainResult(sae, path, pd.DataFrame(trainer.curve), seconds, trainer.n_training_samples)
+
+
+@contextlib.contextmanager
+def _quiet_tqdm():
+    """Silence sae-lens's own tqdm bars while ours runs (tqdm reads TQDM_DISABLE only when it is imported)."""
+    from unittest import mock
+
+    from sae_lens.training import activation_scaler, sae_trainer
+    from tqdm.auto import tqdm
+
+    quiet = functools.partial(tqdm, disable=True)
+    with mock.patch.object(sae_trainer, "tqdm", quiet), mock.patch.object(activation_scaler, "tqdm", quiet):
+        yield
 
 
 def _trainer_class():
@@ -148,7 +156,7 @@ def _trainer_class():
             if not hasattr(self, "curve"):
                 self.curve = []
             if self.n_training_steps % 20 == 0:
-                x, x_hat = step_output.sae_in.float(), step_output.sae_out.float()
+                x, x_hat = step_output.sae_in.detach().float(), step_output.sae_out.detach().float()
                 var = (x - x.mean(0)).pow(2).sum()
                 self.curve.append(dict(step=self.n_training_steps, tokens=self.n_training_samples,
                                        loss=float(step_output.loss.detach()),
