@@ -19,6 +19,8 @@ app.add_typer(sae_app, name="sae")
 
 SUITES = typer.Option(None, help="ID/OOD prompt suites, comma-separated (default: the bundled ones).")
 N_BOOT = typer.Option(1000, help="Bootstrap resamples for the confidence intervals.")
+MAX_PROMPTS = typer.Option(None, help="Evaluate on at most this many prompts per suite (default: all).")
+HELDOUT = typer.Option(4096, help="Held-out tokens for the headline metrics.")
 
 
 def _bar(label: str):
@@ -58,9 +60,12 @@ def train_cmd(
     text: str = typer.Option("train", help="Training text: 'train' (bundled) or a UTF-8 file."),
     context: int = typer.Option(128, help="Tokens per training window."),
     seed: int = typer.Option(0, help="Seed of the SAE initialisation and shuffling."),
+    max_minutes: Optional[float] = typer.Option(None, help="Stop training after this many minutes (wall time)."),
     evaluate: bool = typer.Option(True, "--eval/--no-eval", help="Evaluate and inspect features when trained."),
     suites: Optional[str] = SUITES,
     n_boot: int = N_BOOT,
+    max_prompts: Optional[int] = MAX_PROMPTS,
+    heldout_tokens: int = HELDOUT,
     runs_dir: Optional[Path] = RUNS_DIR,
 ):
     """Record a site's activations once, train an SAE on them with sae-lens, then evaluate it (default)."""
@@ -69,7 +74,7 @@ def train_cmd(
     from sparsescope.store import RunStore
 
     cfg = SAETrainConfig(site=site, architecture=arch, d_sae=d_sae, k=k, sparsity_coefficient=sparsity_coefficient,
-                         train_tokens=train_tokens, batch_size=batch_size, lr=lr, seed=seed)
+                         train_tokens=train_tokens, batch_size=batch_size, lr=lr, seed=seed, max_minutes=max_minutes)
     cfg.check()
     store = RunStore(runs_dir)
     store.check_writable()
@@ -105,7 +110,8 @@ def train_cmd(
                 "config": {"model": model, "site": site, "arch": arch, "k": k, "d_sae": d_sae,
                            "sparsity_coefficient": sparsity_coefficient, "train_tokens": train_tokens,
                            "batch_size": batch_size, "lr": lr, "cache_tokens": cache_tokens, "cache_sites": sites,
-                           "text": text, "context": context, "seed": seed}}
+                           "text": text, "context": context, "seed": seed, "max_minutes": max_minutes,
+                           "max_prompts": max_prompts, "heldout_tokens": heldout_tokens}}
     run = store.create(manifest)
     try:
         if not cache_from:
@@ -124,7 +130,7 @@ def train_cmd(
                   f"→ {result.path}")
         tables = {"sae_training": result.curve.assign(run_id=run.run_id, site=site)}
         if evaluate:
-            tables |= _evaluate(lm, result.sae, site, cache, suites, n_boot, run.run_id)
+            tables |= _evaluate(lm, result.sae, site, cache, suites, n_boot, run.run_id, max_prompts, heldout_tokens)
     except BaseException as e:
         run.mark_incomplete(f"interrupted: {type(e).__name__}")
         raise
@@ -132,14 +138,15 @@ def train_cmd(
     _print_metrics(run)
 
 
-def _evaluate(lm, sae, site: str, cache, suites: Optional[str], n_boot: int, run_id: str) -> dict:
+def _evaluate(lm, sae, site: str, cache, suites: Optional[str], n_boot: int, run_id: str, max_prompts=None,
+              heldout_tokens: int = 4096) -> dict:
     """Every evaluation table of one SAE (metrics, features, probe, contexts, logits)."""
     import pandas as pd
 
     from sparsescope.probes import load_suites, load_text
     from sparsescope.sae.study import EvalConfig, evaluate, inspect
 
-    cfg = EvalConfig(suites=split_list(suites), n_boot=n_boot)
+    cfg = EvalConfig(suites=split_list(suites), n_boot=n_boot, max_prompts=max_prompts, heldout_tokens=heldout_tokens)
     suite_objs = load_suites(cfg.suites, tokenizer=lm.tokenizer, seed=cfg.seed)
     bar, make = _bar("evaluate")
     with bar:
@@ -158,6 +165,8 @@ def eval_cmd(
     run_id: str = typer.Argument("last", help="An sae run id (prefix) or 'last'."),
     suites: Optional[str] = SUITES,
     n_boot: int = N_BOOT,
+    max_prompts: Optional[int] = MAX_PROMPTS,
+    heldout_tokens: int = HELDOUT,
     runs_dir: Optional[Path] = RUNS_DIR,
 ):
     """Re-evaluate a trained SAE: held-out metrics, ID vs OOD per family with CIs, features vs neurons."""
@@ -170,7 +179,8 @@ def eval_cmd(
         console.print(f"[yellow]warning:[/] the SAE was trained on model revision {manifest['model_revision']}, "
                       f"this model is {lm.revision}")
     cache = _cache(run, runs_dir)
-    for name, df in _evaluate(lm, sae, manifest["site"], cache, suites, n_boot, run.run_id).items():
+    for name, df in _evaluate(lm, sae, manifest["site"], cache, suites, n_boot, run.run_id, max_prompts,
+                              heldout_tokens).items():
         run.write_table(name, df)
     _print_metrics(run)
 
@@ -263,3 +273,22 @@ def _print_metrics(run) -> None:
         probe.add_row("all", *[f"{det.get(u, float('nan')):.3f}" for u in sparse.columns])
         _show(probe)
     out.print(f"tables {', '.join(run.manifest['tables'])} → {run.path}")
+    out.print(f"page: {_page(run, m)}")
+
+
+def _page(run, metrics) -> Path:
+    """``sae.html`` in the run folder: the metrics, the feature-density histograms and the probe table."""
+    from sparsescope.harvest.page import html_page
+    from sparsescope.sae.study import density_figure
+
+    tables = run.manifest["tables"]
+    parts: list = ["Metrics (95 % CIs over prompts; held-out: over windows)", metrics.drop(columns=["run_id"])]
+    if "sae_features" in tables:
+        parts += ["Feature density", density_figure(run.read("sae_features"))]
+    if "sae_probe" in tables:
+        parts += ["Features vs neurons: k-sparse probe and OOD detector", run.read("sae_probe").drop(columns=["run_id"])]
+    m = run.manifest
+    facts = {"model": f"{m['model']} ({m.get('model_revision')})", "site": m.get("site"),
+             "data": f"{m['data'].get('text')}: {m['data'].get('n_tokens')} tokens, context {m['data'].get('context')}",
+             "config": m.get("config"), "note": m.get("weights_note")}
+    return run.write_file("sae.html", html_page(f"SAE {run.run_id}", facts, parts))

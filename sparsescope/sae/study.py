@@ -4,7 +4,7 @@ features — each step a function the CLI calls, each result a tidy table named 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -25,6 +25,7 @@ class EvalConfig:
     """What to evaluate an SAE on."""
 
     suites: list[str] | None = None  # prompt suites for ID vs OOD (None: the bundled default suites)
+    max_prompts: int | None = None  # use at most this many prompts per suite (the first ones; None: all)
     window: int = WINDOW  # tokens per ID / OOD window (position 0 excluded)
     heldout: str = "heldout"  # held-out text for the headline metrics (bundled name or path)
     heldout_tokens: int = 4096  # cap on held-out tokens (windows of the training context)
@@ -48,7 +49,7 @@ def evaluate(lm: LoadedModel, sae, site: str, suites: list, cfg: EvalConfig, hel
     info = _describe(sae, site)
     held = text_windows(lm, heldout_text, cfg.context, max(1, cfg.heldout_tokens // cfg.context))
     held_sums = measure(lm, sae, site, held, batch_size=4, progress=progress)
-    wins = suite_windows(lm, suites, cfg.window)
+    wins = suite_windows(lm, [replace(s, prompts=s.prompts[: cfg.max_prompts]) for s in suites], cfg.window)
     sums = measure(lm, sae, site, wins.ids, batch_size=16, progress=progress)
     metric_rows, feature_frames, boots = [], [], {}
 

@@ -41,6 +41,7 @@ class SAETrainConfig:
     lr: float = 5e-4  # Adam learning rate: 50 warm-up steps, constant, linear decay to 0 over the last 20 % of steps
     buffer_tokens: int = 32768  # shuffle-buffer rows held in memory (× d_in × 4 bytes)
     seed: int = 0  # seeds the SAE initialisation and the shuffling
+    max_minutes: float | None = None  # stop training after this wall time even if train_tokens are not reached
 
     def check(self) -> None:
         if self.architecture not in ARCHITECTURES:
@@ -53,6 +54,8 @@ class SAETrainConfig:
         if self.train_tokens < self.batch_size:
             raise UserError(f"train_tokens={self.train_tokens} is less than one batch of {self.batch_size}; "
                             "raise --train-tokens")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise UserError(f"max_minutes must be positive, got {self.max_minutes}")
         if not self.lr > 0:
             raise UserError(f"learning rate must be positive, got {self.lr}")
 
@@ -111,6 +114,7 @@ def train(data, d_in: int, cfg: SAETrainConfig, path: Path | str, manifest: dict
         feature_sampling_window=max(100, steps // 5), n_batches_for_norm_estimate=min(50, steps))
     trainer = _trainer_class()(cfg=trainer_cfg, sae=sae, data_provider=data)
     trainer.progress = progress
+    trainer.deadline = None if cfg.max_minutes is None else time.perf_counter() + 60 * cfg.max_minutes
     t0 = time.perf_counter()
     with _quiet_tqdm() if progress else contextlib.nullcontext():
         trained = trainer.fit()
@@ -147,9 +151,11 @@ def _trainer_class():
     from sae_lens import SAETrainer
 
     class Trainer(SAETrainer):
-        """sae-lens's trainer with the loss curve kept and progress reported (it only logs to wandb itself)."""
+        """sae-lens's trainer with the loss curve kept, progress reported (it only logs to wandb itself) and an
+        optional wall-time budget (the learning-rate schedule then ends early, without its final decay)."""
 
         progress: Callable[[int], None] | None = None
+        deadline: float | None = None
         curve: list
 
         def _update_pbar(self, step_output, pbar, update_interval: int = 100):
@@ -166,6 +172,8 @@ def _trainer_class():
                                        lr=self.optimizer.param_groups[0]["lr"]))
             if self.progress:
                 self.progress(self.n_training_samples)
+            if self.deadline is not None and time.perf_counter() > self.deadline:
+                self.cfg.total_training_samples = self.n_training_samples  # fit() stops after this step
 
     return Trainer
 
