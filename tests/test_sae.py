@@ -212,3 +212,30 @@ def test_cli_train_eval_features_end_to_end(model_dir, tmp_path):
     assert "feature 3" in res.output
     res = CliRunner().invoke(app, ["sae", "features", run.run_id, "--feature", "64", "--runs-dir", str(runs)])
     assert res.exit_code == 2 and "does not exist" in res.output
+
+
+@pytest.mark.parametrize("arch, saved_as", [("batchtopk", "jumprelu"), ("jumprelu", "jumprelu"),
+                                            ("standard", "standard")])
+def test_other_architectures_train_save_and_reload(cache, tmp_path, arch, saved_as):
+    cfg = SAETrainConfig(site=SITE, architecture=arch, d_sae=64, k=8, train_tokens=1024, batch_size=128, lr=3e-3)
+    result = train(shuffled_batches(cache.array(SITE), 128, buffer_tokens=1024), 64, cfg, tmp_path / "sae", {})
+    again, stored = load_sae(result.path)
+    assert again.cfg.architecture() == saved_as and stored["train"]["architecture"] == arch
+    x = torch.from_numpy(np.asarray(cache.array(SITE)[:50], dtype=np.float32))
+    assert torch.equal(again.encode(x), result.sae.encode(x))
+
+
+@pytest.mark.slow
+def test_smollm2_cache_matches_hidden_states(tmp_path):
+    """On the real model: the cached residual stream after block 6 equals HF's hidden_states[7], position 0 left
+    out, and the forward that stopped after block 6 recorded the MLP site at its real width."""
+    from sparsescope import load_model
+
+    lm = load_model("smollm2-135m")
+    cache = record_cache(lm, ["blocks.6.mlp.hook_post", "blocks.6.hook_resid_post"], load_text("heldout"),
+                         tmp_path / "c", context=32, max_tokens=62)
+    tokens = torch.tensor(cache.tokens(), dtype=torch.long)
+    hidden = lm.model(tokens, output_hidden_states=True).hidden_states[7][:, 1:].reshape(-1, 576).detach()
+    got = torch.from_numpy(np.asarray(cache.array("blocks.6.hook_resid_post"), dtype=np.float32))
+    torch.testing.assert_close(got, hidden, rtol=2e-3, atol=2e-2)
+    assert cache.array("blocks.6.mlp.hook_post").shape == (62, 1536)

@@ -60,8 +60,19 @@ class SAETrainConfig:
             raise UserError(f"learning rate must be positive, got {self.lr}")
 
 
+def _sae_lens():
+    """Import sae-lens without its import-time deprecation notice from TransformerLens (not ours to fix)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import sae_lens
+    return sae_lens
+
+
 def training_sae(cfg: SAETrainConfig, d_in: int, metadata: dict):
     """The sae-lens training SAE for ``cfg`` (inputs scaled to E‖x‖ = √d_in during training, folded back after)."""
+    _sae_lens()
     from sae_lens import (BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig, JumpReLUTrainingSAE,
                           JumpReLUTrainingSAEConfig, StandardTrainingSAE, StandardTrainingSAEConfig, TopKTrainingSAE,
                           TopKTrainingSAEConfig)
@@ -100,6 +111,7 @@ def train(data, d_in: int, cfg: SAETrainConfig, path: Path | str, manifest: dict
           progress: Callable[[int], None] | None = None) -> TrainResult:
     """Train on ``data`` (an iterator of ``[batch, d_in]`` float tensors) and save to ``path`` (written under a
     temporary name, renamed when complete). ``manifest`` (model, revision, data...) is stored with the config."""
+    _sae_lens()
     from sae_lens.config import LoggingConfig, SAETrainerConfig
 
     cfg.check()
@@ -115,16 +127,17 @@ def train(data, d_in: int, cfg: SAETrainConfig, path: Path | str, manifest: dict
     trainer = _trainer_class()(cfg=trainer_cfg, sae=sae, data_provider=data)
     trainer.progress = progress
     trainer.deadline = None if cfg.max_minutes is None else time.perf_counter() + 60 * cfg.max_minutes
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     with _quiet_tqdm() if progress else contextlib.nullcontext():
         trained = trainer.fit()
-    seconds = time.perf_counter() - t0
+    seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     trained.save_inference_model(tmp)
     full = dict(manifest, site=cfg.site, d_in=d_in, train=asdict(cfg), tokens_trained=trainer.n_training_samples,
                 train_seconds=round(seconds, 2), tokens_per_s=round(trainer.n_training_samples / seconds, 1),
+                cpu_seconds=round(cpu_seconds, 2), load_average=list(os.getloadavg()),
                 dead_features_at_end=int(trainer.dead_neurons.sum()))
     (tmp / MANIFEST).write_text(json.dumps(full, indent=1))
     shutil.rmtree(path, ignore_errors=True)
@@ -148,7 +161,7 @@ def _quiet_tqdm():
 
 def _trainer_class():
     """Built on first use so importing this module does not import sae-lens."""
-    from sae_lens import SAETrainer
+    SAETrainer = _sae_lens().SAETrainer
 
     class Trainer(SAETrainer):
         """sae-lens's trainer with the loss curve kept, progress reported (it only logs to wandb itself) and an
@@ -180,7 +193,7 @@ def _trainer_class():
 
 def load_sae(path: Path | str):
     """``(SAE, manifest)`` from a checkpoint folder; a missing or damaged folder is one UserError."""
-    from sae_lens import SAE
+    SAE = _sae_lens().SAE
 
     path = Path(path)
     if not path.is_dir():
