@@ -12,7 +12,7 @@ from sparsescope.probes import load_suites, load_text
 from sparsescope.sae.activations import ActivationCache, record_cache, shuffled_batches, token_windows
 from sparsescope.sae.evaluate import _recon_sums, check_width, measure, split_metrics, suite_windows
 from sparsescope.sae.probe import k_sparse_probe
-from sparsescope.sae.train import MANIFEST, SAETrainConfig, load_sae, train, training_sae
+from sparsescope.sae.train import SAETrainConfig, load_sae, train, training_sae
 from tiny import tiny_model
 
 SITE = "blocks.1.mlp.hook_post"
@@ -212,6 +212,10 @@ def test_cli_train_eval_features_end_to_end(model_dir, tmp_path):
     assert "feature 3" in res.output
     res = CliRunner().invoke(app, ["sae", "features", run.run_id, "--feature", "64", "--runs-dir", str(runs)])
     assert res.exit_code == 2 and "does not exist" in res.output
+    res = CliRunner().invoke(app, ["sae", "eval", run.run_id, "--suites", "prose,random_tokens", "--n-boot", "20",
+                                   "--runs-dir", str(runs)])
+    assert res.exit_code == 0, res.output
+    assert set(run.read("sae_metrics").family) == {"heldout", "prose", "random_tokens", "all"}
 
 
 @pytest.mark.parametrize("arch, saved_as", [("batchtopk", "jumprelu"), ("jumprelu", "jumprelu"),

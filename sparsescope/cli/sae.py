@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Optional
@@ -9,7 +10,7 @@ from typing import Optional
 import typer
 
 from sparsescope.cli._common import (
-    app, console, out, RUNS_DIR, MODEL, friendly, split_list, token_progress, load, _show,
+    app, out, RUNS_DIR, MODEL, friendly, split_list, token_progress, load, _show,
 )
 from sparsescope.errors import UserError
 
@@ -23,21 +24,26 @@ MAX_PROMPTS = typer.Option(None, help="Evaluate on at most this many prompts per
 HELDOUT = typer.Option(4096, help="Held-out tokens for the headline metrics.")
 
 
-def _bar(label: str):
-    """A token progress bar and an ``advance(n)`` (or ``set(done)`` with absolute=True) that shows tokens/s."""
-    bar = token_progress(0, label)
-    start = time.perf_counter()
+def _bars():
+    """A rich progress display with one token bar per stage (record, train, evaluate, inspect), showing tokens/s."""
+    bar = token_progress(0, "sae")
+    tasks: dict[str, tuple[int, float]] = {}
 
-    def make(total: int, absolute: bool = False):
-        task = bar.add_task(label, total=total, rate="")
+    def progress(stage: str, n: int, total: int | None) -> None:
+        if stage not in tasks:
+            tasks[stage] = (bar.add_task(stage, total=total, rate=""), time.perf_counter())
+        task, start = tasks[stage]
+        bar.advance(task, n)
+        done = bar.tasks[task].completed
+        bar.update(task, description=stage, rate=f"{done / max(time.perf_counter() - start, 1e-9):.0f} tok/s")
 
-        def advance(n: int) -> None:
-            bar.update(task, completed=n) if absolute else bar.advance(task, n)
-            done = bar.tasks[task].completed
-            bar.update(task, rate=f"{done / max(time.perf_counter() - start, 1e-9):.0f} tok/s")
-        return advance
+    return bar, progress
 
-    return bar, make
+
+def _eval_config(suites, n_boot, max_prompts, heldout_tokens):
+    from sparsescope.sae.study import EvalConfig
+
+    return EvalConfig(suites=split_list(suites), n_boot=n_boot, max_prompts=max_prompts, heldout_tokens=heldout_tokens)
 
 
 @sae_app.command("train")
@@ -47,11 +53,12 @@ def train_cmd(
     site: str = typer.Option("blocks.6.mlp.hook_post", help="Site whose activations the SAE reconstructs."),
     arch: str = typer.Option("topk", "--arch", help="topk, batchtopk, jumprelu or standard."),
     k: int = typer.Option(64, help="TopK: features per token; BatchTopK: on average; JumpReLU: target L0."),
-    d_sae: int = typer.Option(4096, help="Number of SAE features."),
+    d_sae: int = typer.Option(2048, help="Number of SAE features."),
     sparsity_coefficient: Optional[float] = typer.Option(None, help="JumpReLU L0 / Standard L1 coefficient."),
-    train_tokens: int = typer.Option(600_000, help="Samples the trainer sees (cached tokens reused in passes)."),
-    batch_size: int = typer.Option(512, help="Samples per optimiser step."),
-    lr: float = typer.Option(5e-4, help="Adam learning rate."),
+    train_tokens: int = typer.Option(150_000, help="Samples the trainer sees (cached tokens reused in passes)."),
+    batch_size: int = typer.Option(256, help="Samples per optimiser step."),
+    lr: float = typer.Option(1e-3, help="Adam learning rate."),
+    max_minutes: Optional[float] = typer.Option(15.0, help="Stop training after this many minutes (wall time)."),
     cache_tokens: int = typer.Option(100_000, help="Tokens of training text to record (position 0 excluded)."),
     cache_sites: Optional[str] = typer.Option(None, help="More sites to record in the same pass, for later runs "
                                                          "with --cache-from."),
@@ -60,7 +67,6 @@ def train_cmd(
     text: str = typer.Option("train", help="Training text: 'train' (bundled) or a UTF-8 file."),
     context: int = typer.Option(128, help="Tokens per training window."),
     seed: int = typer.Option(0, help="Seed of the SAE initialisation and shuffling."),
-    max_minutes: Optional[float] = typer.Option(None, help="Stop training after this many minutes (wall time)."),
     evaluate: bool = typer.Option(True, "--eval/--no-eval", help="Evaluate and inspect features when trained."),
     suites: Optional[str] = SUITES,
     n_boot: int = N_BOOT,
@@ -69,94 +75,23 @@ def train_cmd(
     runs_dir: Optional[Path] = RUNS_DIR,
 ):
     """Record a site's activations once, train an SAE on them with sae-lens, then evaluate it (default)."""
-    from sparsescope.sae.activations import ActivationCache, check_sites, record_cache, shuffled_batches, text_windows
-    from sparsescope.sae.train import SAETrainConfig, train
+    from sparsescope.sae.train import SAETrainConfig
+    from sparsescope.sae.workflow import CacheOptions, train_run
     from sparsescope.store import RunStore
 
     cfg = SAETrainConfig(site=site, architecture=arch, d_sae=d_sae, k=k, sparsity_coefficient=sparsity_coefficient,
                          train_tokens=train_tokens, batch_size=batch_size, lr=lr, seed=seed, max_minutes=max_minutes)
-    cfg.check()
-    store = RunStore(runs_dir)
-    store.check_writable()
-    source = None
-    if cache_from:  # an earlier sae run, or a cache folder
-        folder = Path(cache_from)
-        if not (folder / "meta.json").is_file():
-            source = store.open(cache_from)
-            folder = source.path / "activations"
-            model = source.manifest.get("config", {}).get("model", model)
-        cache = ActivationCache.open(folder)
-        cache.array(site)  # refuses a cache without this site
-    lm = load(model)
-    sites = [site, *(split_list(cache_sites) or [])]
-    check_sites(lm, sites)
-    if cache_from:
-        if cache.meta["model_revision"] != lm.revision:
-            raise UserError(f"{cache_from} cached activations of another model revision ({cache.meta['model_revision']}"
-                            f", not {lm.revision}); record a new cache")
-        data_meta = cache.meta
-    else:
-        from sparsescope.probes import load_text
-
-        body = load_text(text)
-        windows = text_windows(lm, body, context, max(1, -(-cache_tokens // (context - 1))))
-        if windows.numel() - len(windows) < batch_size:
-            raise UserError(f"the training text gives {windows.numel() - len(windows)} tokens, fewer than one batch "
-                            f"of {batch_size}; give a longer --text or lower --batch-size")
-        data_meta = dict(text=text, context=context, n_tokens=int(windows.numel() - len(windows)))
-    manifest = {"kind": "sae", "model": lm.name, "model_revision": lm.revision, "weights_note": lm.weights_note,
-                "site": site, "seed": seed, "data": data_meta,
-                "cache_from": (source.run_id if source is not None else str(cache.path)) if cache_from else None,
-                "config": {"model": model, "site": site, "arch": arch, "k": k, "d_sae": d_sae,
-                           "sparsity_coefficient": sparsity_coefficient, "train_tokens": train_tokens,
-                           "batch_size": batch_size, "lr": lr, "cache_tokens": cache_tokens, "cache_sites": sites,
-                           "text": text, "context": context, "seed": seed, "max_minutes": max_minutes,
-                           "max_prompts": max_prompts, "heldout_tokens": heldout_tokens}}
-    run = store.create(manifest)
-    try:
-        if not cache_from:
-            bar, make = _bar("record")
-            with bar:
-                cache = record_cache(lm, sites, body, run.path / "activations", context, cache_tokens,
-                                     text_name=text, progress=make(int(windows.numel())))
-            out.print(f"cached {cache.n_tokens} tokens × {len(sites)} site(s) in float16 → {cache.path}")
-        bar, make = _bar("train")
-        data = shuffled_batches(cache.array(site), batch_size, seed=seed)
-        with bar:
-            result = train(data, cache.meta["dims"][site], cfg, run.path / "sae",
-                           dict(model=lm.name, model_revision=lm.revision, data=cache.meta, seed=seed),
-                           progress=make(train_tokens // batch_size * batch_size, absolute=True))
-        out.print(f"trained {result.tokens} samples in {result.seconds:.0f} s ({result.tokens_per_s:.0f} tok/s) "
-                  f"→ {result.path}")
-        tables = {"sae_training": result.curve.assign(run_id=run.run_id, site=site)}
-        if evaluate:
-            tables |= _evaluate(lm, result.sae, site, cache, suites, n_boot, run.run_id, max_prompts, heldout_tokens)
-    except BaseException as e:
-        run.mark_incomplete(f"interrupted: {type(e).__name__}")
-        raise
-    run.finalize(tables)
-    _print_metrics(run)
-
-
-def _evaluate(lm, sae, site: str, cache, suites: Optional[str], n_boot: int, run_id: str, max_prompts=None,
-              heldout_tokens: int = 4096) -> dict:
-    """Every evaluation table of one SAE (metrics, features, probe, contexts, logits)."""
-    import pandas as pd
-
-    from sparsescope.probes import load_suites, load_text
-    from sparsescope.sae.study import EvalConfig, evaluate, inspect
-
-    cfg = EvalConfig(suites=split_list(suites), n_boot=n_boot, max_prompts=max_prompts, heldout_tokens=heldout_tokens)
-    suite_objs = load_suites(cfg.suites, tokenizer=lm.tokenizer, seed=cfg.seed)
-    bar, make = _bar("evaluate")
+    cache = CacheOptions(text=text, tokens=cache_tokens, context=context, extra_sites=split_list(cache_sites) or [],
+                         cache_from=cache_from)
+    bar, progress = _bars()
     with bar:
-        tables = evaluate(lm, sae, site, suite_objs, cfg, load_text(cfg.heldout), progress=make(0))
-        if cache is not None:
-            found = inspect(lm, sae, site, cache, progress=make(0))
-            tables["sae_features"] = pd.concat([tables["sae_features"], found.pop("train_density")],
-                                               ignore_index=True)
-            tables |= found
-    return {name: df.assign(run_id=run_id) for name, df in tables.items()}
+        run = train_run(RunStore(runs_dir), model, load, cfg, cache,
+                        _eval_config(suites, n_boot, max_prompts, heldout_tokens) if evaluate else None, progress)
+    sae_manifest = json.loads((run.path / "sae" / "sparsescope.json").read_text())
+    out.print(f"trained {sae_manifest['tokens_trained']} samples in {sae_manifest['train_seconds']:.0f} s "
+              f"({sae_manifest['tokens_per_s']:.0f} tok/s; load average {sae_manifest['load_average'][0]:.1f}) "
+              f"→ {run.path / 'sae'}")
+    _print_metrics(run)
 
 
 @sae_app.command("eval")
@@ -170,44 +105,14 @@ def eval_cmd(
     runs_dir: Optional[Path] = RUNS_DIR,
 ):
     """Re-evaluate a trained SAE: held-out metrics, ID vs OOD per family with CIs, features vs neurons."""
-    from sparsescope.sae.evaluate import check_width
+    from sparsescope.sae.workflow import eval_run
+    from sparsescope.store import RunStore
 
-    run, sae, manifest = _open(run_id, runs_dir)
-    lm = load(run.manifest["config"]["model"])
-    check_width(sae, lm, manifest["site"])
-    if manifest.get("model_revision") and manifest["model_revision"] != lm.revision:
-        console.print(f"[yellow]warning:[/] the SAE was trained on model revision {manifest['model_revision']}, "
-                      f"this model is {lm.revision}")
-    cache = _cache(run, runs_dir)
-    for name, df in _evaluate(lm, sae, manifest["site"], cache, suites, n_boot, run.run_id, max_prompts,
-                              heldout_tokens).items():
-        run.write_table(name, df)
+    bar, progress = _bars()
+    with bar:
+        run = eval_run(RunStore(runs_dir), run_id, load, _eval_config(suites, n_boot, max_prompts, heldout_tokens),
+                       progress)
     _print_metrics(run)
-
-
-def _open(run_id: str, runs_dir):
-    from sparsescope.sae.train import load_sae
-    from sparsescope.store import RunStore
-
-    store = RunStore(runs_dir)
-    run = store.latest(kind="sae") if run_id == "last" else store.open(run_id)
-    if run is None:
-        raise UserError("no sae runs yet; train one with `sparsescope sae train`")
-    if run.kind != "sae":
-        raise UserError(f"run {run.run_id} is a {run.kind} run, not an sae run; pick one from `sparsescope runs`")
-    sae, manifest = load_sae(run.path / "sae")
-    return run, sae, manifest
-
-
-def _cache(run, runs_dir):
-    from sparsescope.sae.activations import ActivationCache
-    from sparsescope.store import RunStore
-
-    folder = run.path / "activations"
-    source = run.manifest.get("cache_from")
-    if not folder.is_dir() and source:
-        folder = Path(source) if Path(source).is_dir() else RunStore(runs_dir).open(source).path / "activations"
-    return ActivationCache.open(folder) if folder.is_dir() else None
 
 
 @sae_app.command("features")
@@ -223,8 +128,10 @@ def features_cmd(
     from rich.table import Table
 
     from sparsescope.sae.study import feature_cards
+    from sparsescope.sae.workflow import open_sae_run
+    from sparsescope.store import RunStore
 
-    run, sae, manifest = _open(run_id, runs_dir)
+    run, sae, _ = open_sae_run(RunStore(runs_dir), run_id)
     for name in ("sae_features", "sae_contexts"):
         if name not in run.manifest["tables"]:
             raise UserError(f"run {run.run_id} has no {name} table; run `sparsescope sae eval {run.run_id}` first")
@@ -286,7 +193,8 @@ def _page(run, metrics) -> Path:
     if "sae_features" in tables:
         parts += ["Feature density", density_figure(run.read("sae_features"))]
     if "sae_probe" in tables:
-        parts += ["Features vs neurons: k-sparse probe and OOD detector", run.read("sae_probe").drop(columns=["run_id"])]
+        parts += ["Features vs neurons: k-sparse probe and OOD detector",
+                  run.read("sae_probe").drop(columns=["run_id"])]
     m = run.manifest
     facts = {"model": f"{m['model']} ({m.get('model_revision')})", "site": m.get("site"),
              "data": f"{m['data'].get('text')}: {m['data'].get('n_tokens')} tokens, context {m['data'].get('context')}",

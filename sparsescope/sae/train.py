@@ -121,7 +121,8 @@ def train(data, d_in: int, cfg: SAETrainConfig, path: Path | str, manifest: dict
     steps = cfg.train_tokens // cfg.batch_size
     trainer_cfg = SAETrainerConfig(
         total_training_samples=steps * cfg.batch_size, train_batch_size_samples=cfg.batch_size, lr=cfg.lr,
-        lr_end=cfg.lr / 10, lr_scheduler_name="constant", lr_decay_steps=steps // 5, lr_warm_up_steps=min(50, steps // 10),
+        lr_end=cfg.lr / 10, lr_scheduler_name="constant", lr_decay_steps=steps // 5,
+        lr_warm_up_steps=min(50, steps // 10),
         device="cpu", logger=LoggingConfig(log_to_wandb=False), dead_feature_window=max(50, steps // 10),
         feature_sampling_window=max(100, steps // 5), n_batches_for_norm_estimate=min(50, steps))
     trainer = _trainer_class()(cfg=trainer_cfg, sae=sae, data_provider=data)
