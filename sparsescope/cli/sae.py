@@ -22,6 +22,7 @@ SUITES = typer.Option(None, help="ID/OOD prompt suites, comma-separated (default
 N_BOOT = typer.Option(1000, help="Bootstrap resamples for the confidence intervals.")
 MAX_PROMPTS = typer.Option(None, help="Evaluate on at most this many prompts per suite (default: all).")
 HELDOUT = typer.Option(4096, help="Held-out tokens for the headline metrics.")
+INSPECT = typer.Option(50_000, help="Cached tokens searched for each feature's top contexts.")
 
 
 def _bars():
@@ -40,10 +41,11 @@ def _bars():
     return bar, progress
 
 
-def _eval_config(suites, n_boot, max_prompts, heldout_tokens):
+def _eval_config(suites, n_boot, max_prompts, heldout_tokens, inspect_tokens):
     from sparsescope.sae.study import EvalConfig
 
-    return EvalConfig(suites=split_list(suites), n_boot=n_boot, max_prompts=max_prompts, heldout_tokens=heldout_tokens)
+    return EvalConfig(suites=split_list(suites), n_boot=n_boot, max_prompts=max_prompts, heldout_tokens=heldout_tokens,
+                      inspect_tokens=inspect_tokens)
 
 
 @sae_app.command("train")
@@ -72,6 +74,7 @@ def train_cmd(
     n_boot: int = N_BOOT,
     max_prompts: Optional[int] = MAX_PROMPTS,
     heldout_tokens: int = HELDOUT,
+    inspect_tokens: int = INSPECT,
     runs_dir: Optional[Path] = RUNS_DIR,
 ):
     """Record a site's activations once, train an SAE on them with sae-lens, then evaluate it (default)."""
@@ -85,8 +88,8 @@ def train_cmd(
                          cache_from=cache_from)
     bar, progress = _bars()
     with bar:
-        run = train_run(RunStore(runs_dir), model, load, cfg, cache,
-                        _eval_config(suites, n_boot, max_prompts, heldout_tokens) if evaluate else None, progress)
+        eval_cfg = _eval_config(suites, n_boot, max_prompts, heldout_tokens, inspect_tokens) if evaluate else None
+        run = train_run(RunStore(runs_dir), model, load, cfg, cache, eval_cfg, progress)
     sae_manifest = json.loads((run.path / "sae" / "sparsescope.json").read_text())
     out.print(f"trained {sae_manifest['tokens_trained']} samples in {sae_manifest['train_seconds']:.0f} s "
               f"({sae_manifest['tokens_per_s']:.0f} tok/s; load average {sae_manifest['load_average'][0]:.1f}) "
@@ -102,6 +105,7 @@ def eval_cmd(
     n_boot: int = N_BOOT,
     max_prompts: Optional[int] = MAX_PROMPTS,
     heldout_tokens: int = HELDOUT,
+    inspect_tokens: int = INSPECT,
     runs_dir: Optional[Path] = RUNS_DIR,
 ):
     """Re-evaluate a trained SAE: held-out metrics, ID vs OOD per family with CIs, features vs neurons."""
@@ -110,8 +114,8 @@ def eval_cmd(
 
     bar, progress = _bars()
     with bar:
-        run = eval_run(RunStore(runs_dir), run_id, load, _eval_config(suites, n_boot, max_prompts, heldout_tokens),
-                       progress)
+        cfg = _eval_config(suites, n_boot, max_prompts, heldout_tokens, inspect_tokens)
+        run = eval_run(RunStore(runs_dir), run_id, load, cfg, progress)
     _print_metrics(run)
 
 

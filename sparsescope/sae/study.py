@@ -30,6 +30,7 @@ class EvalConfig:
     heldout: str = "heldout"  # held-out text for the headline metrics (bundled name or path)
     heldout_tokens: int = 4096  # cap on held-out tokens (windows of the training context)
     context: int = 128  # held-out window length (the training context)
+    inspect_tokens: int = 50_000  # cached tokens searched for each feature's top contexts
     n_boot: int = 1000  # bootstrap resamples for the CIs (units: prompts; held-out: windows)
     seed: int = 0  # bootstrap and probe seed
     ks: list[int] = field(default_factory=lambda: [1, 2, 5, 10])  # k-sparse probe sizes

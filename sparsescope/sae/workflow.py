@@ -112,7 +112,8 @@ def evaluation_tables(lm, sae, site: str, cache: ActivationCache | None, cfg: Ev
     tables = evaluate(lm, sae, site, suites, cfg, load_text(cfg.heldout),
                       progress=lambda n: progress("evaluate", n, None))
     if cache is not None:
-        found = inspect(lm, sae, site, cache, progress=lambda n: progress("inspect", n, None))
+        found = inspect(lm, sae, site, cache, max_tokens=cfg.inspect_tokens,
+                        progress=lambda n: progress("inspect", n, None))
         tables["sae_features"] = pd.concat([tables["sae_features"], found.pop("train_density")], ignore_index=True)
         tables |= found
     return tables
@@ -139,7 +140,8 @@ def run_cache(store, run) -> ActivationCache | None:
 
 
 def eval_run(store, run_id: str, load: Callable, cfg: EvalConfig, progress: Progress = _no_progress):
-    """Re-evaluate an sae run's checkpoint and write its evaluation tables into the run (each atomically)."""
+    """Re-evaluate an sae run's checkpoint and write its evaluation tables into the run (each atomically). A run
+    stopped after its checkpoint was saved (during its own evaluation) is completed by this evaluation."""
     from sparsescope.sae.evaluate import check_width
 
     run, sae, manifest = open_sae_run(store, run_id)
@@ -149,6 +151,10 @@ def eval_run(store, run_id: str, load: Callable, cfg: EvalConfig, progress: Prog
         raise UserError(f"the SAE was trained on model revision {manifest['model_revision']}, this model is "
                         f"{lm.revision}; evaluate it on the model it was trained on")
     tables = evaluation_tables(lm, sae, manifest["site"], run_cache(store, run), cfg, progress)
-    for name, df in tables.items():
-        run.write_table(name, df.assign(run_id=run.run_id))
+    tables = {name: df.assign(run_id=run.run_id) for name, df in tables.items()}
+    if run.status == "complete":
+        for name, df in tables.items():
+            run.write_table(name, df)
+    else:
+        run.finalize(tables)
     return run
