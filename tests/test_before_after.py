@@ -1,0 +1,30 @@
+"""The layout refactor changed no number: scan, report, spike, weights and compare tables equal the references
+written by `tests/data/make_reference.py` with the code before the refactor (commit 5e81b50)."""
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+DATA = Path(__file__).parent / "data"
+sys.path.insert(0, str(DATA))
+from make_reference import tables, tiny_model_dir  # noqa: E402
+
+REFERENCES = sorted((DATA / "reference").glob("*.parquet"))
+
+
+@pytest.fixture(scope="module")
+def current(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("before-after")
+    return tables(tiny_model_dir(tmp / "model"), tmp / "runs")  # the directory name is the tables' `model`
+
+
+def test_the_same_tables_are_written(current):
+    assert sorted(current) == [p.stem for p in REFERENCES]
+
+
+@pytest.mark.parametrize("path", REFERENCES, ids=lambda p: p.stem)
+def test_table_equals_reference(current, path):
+    # float32 model arithmetic may differ in the last bits with the thread count; anything larger is a change
+    pd.testing.assert_frame_equal(current[path.stem], pd.read_parquet(path), check_exact=False, rtol=1e-5, atol=1e-8)
