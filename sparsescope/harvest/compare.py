@@ -2,7 +2,7 @@
 
 Every configuration is a plan (compositions are plans with two rules), evaluated on the same held-out tokens
 against the same dense reference (one ``Evaluator``), and costed by the same energy model
-(``sparsescope.spiking.energy``) fed with what the levers measured during that evaluation: realised input
+(``sparsescope.cost``) fed with what the levers measured during that evaluation: realised input
 densities (TEAL), spike counts and steps (spiking), and the stored bits per weight including scales (quant).
 
 Per linear and token: weights are read for non-zero inputs only (batch-1 decode, see ``energy``); quantized
@@ -34,7 +34,7 @@ from sparsescope.models.loading import LoadedModel
 from sparsescope.harvest.page import html_page
 from sparsescope.models.sites import linear_weight, site_name
 from sparsescope.spiking.convert import SpikeLever
-from sparsescope.spiking.energy import EnergyConstants, LinearCost, bytes_moved, dense_macs, energy, sops, sparse_macs
+from sparsescope.cost import EnergyConstants, LinearCost, bytes_moved, dense_macs, energy, sops, sparse_macs
 from sparsescope.record.calibration import calibrate
 from sparsescope.weights.levers import ActQuantLever, QuantLever, TealLever
 
@@ -257,6 +257,6 @@ def page(manifest: dict, table: pd.DataFrame) -> str:
              "weights": manifest.get("weights_note"), "created": manifest.get("created"),
              "held-out tokens": table["n_tokens"].iloc[0], "time": f"{manifest.get('seconds', 0):.0f} s",
              "energy model": "block linears per token, batch-1 decode; weights from DRAM, activations in SRAM "
-                             "(sparsescope.spiking.energy, sparsescope.harvest.compare)"}
+                             "(sparsescope.cost, sparsescope.harvest.compare)"}
     return html_page(f"sparsescope compare — {manifest.get('model')} ({manifest.get('run_id')})", facts,
                      [pareto_figure(table), "Head-to-head (per token)", table])

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from sparsescope.errors import UserError
-from sparsescope.spiking.energy import PRESETS, LinearCost, cost_table
+from sparsescope.cost import PRESETS, LinearCost, cost_table
 
 METRICS = ("spike_sparsity", "firing_rate", "zero_frac", "spikes_per_channel", "silent_channels", "abs_le_7",
            "steps", "steps_max", "sops", "macs", "recon_mse", "recon_cos")

@@ -19,7 +19,7 @@ from sparsescope.eval import Evaluator
 from sparsescope.intervene import Plan
 from sparsescope.models.loading import LoadedModel
 from sparsescope.spiking.convert import SpikeConfig, convert, needs_calibration, spike_levers
-from sparsescope.spiking.energy import spiking_wins
+from sparsescope.cost import spiking_wins
 from sparsescope.spiking.stats import BITS, aggregate, energy_table, spike_table
 
 SWEEPABLE = ("k", "T", "tau", "percentile", "wta", "max_steps")
