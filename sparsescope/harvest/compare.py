@@ -36,7 +36,8 @@ from sparsescope.models.sites import linear_weight, site_name
 from sparsescope.spiking.convert import SpikeLever
 from sparsescope.cost import EnergyConstants, LinearCost, bytes_moved, dense_macs, energy, sops, sparse_macs
 from sparsescope.record.calibration import calibrate
-from sparsescope.weights.levers import ActQuantLever, QuantLever, TealLever
+from sparsescope.levers.quant import ActQuantLever, QuantLever
+from sparsescope.levers.teal import TealLever
 
 COLUMNS = ["method", "config", "ppl", "delta_ppl", "kl", "n_tokens", "bits_per_weight", "input_density",
            "bytes_per_token", "weight_bytes_per_token", "act_bytes_per_token", "ops_per_token", "macs_per_token",

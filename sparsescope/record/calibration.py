@@ -17,6 +17,19 @@ from sparsescope.models.sites import site_name
 SAMPLE = 1 << 16  # |x| values kept per linear for quantiles
 
 
+def quantile_threshold(samples: torch.Tensor, q: float) -> float:
+    """The project's one quantile rule: the k-th smallest sample, k = round(q · n) (0-based, at most n − 1).
+
+    Without ties exactly k samples lie below it, so a threshold at share q zeroes exactly that share of the
+    calibration entries (TEAL's sparsity, the ann2snn percentile of IF/LIF neurons).
+    """
+    flat = samples.detach().reshape(-1).float()
+    if flat.numel() == 0:
+        raise UserError("no calibration samples; calibrate on a non-empty text first")
+    k = min(round(q * flat.numel()), flat.numel() - 1)
+    return flat.kthvalue(k + 1).values.item()
+
+
 def calibrate(lm: LoadedModel, texts: str | Sequence[str], seq_len: int = 256, max_tokens: int = 2048,
               layers: Sequence[int] | None = None, seed: int = 0) -> dict[str, dict[str, torch.Tensor]]:
     """``{"blocks.3.mlp.W_out": {"act_norm": [in], "abs_sample": [≤65536], "n_tokens": scalar}}`` per linear.

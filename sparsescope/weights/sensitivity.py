@@ -21,7 +21,7 @@ from sparsescope.errors import UserError
 from sparsescope.eval import Evaluator
 from sparsescope.intervene import Plan, Rule, apply
 from sparsescope.models.loading import LoadedModel
-from sparsescope.weights.levers import PRUNE_METHODS, global_magnitude_plan, parse_nm
+from sparsescope.levers.prune import PRUNE_METHODS, global_magnitude_plan, parse_nm
 
 ALL_LAYERS = -1  # `layer` value of whole-model rows
 METHODS = (*PRUNE_METHODS, "global")  # "global": one magnitude threshold over all linears (whole model only)
