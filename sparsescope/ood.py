@@ -21,6 +21,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from sparsescope.errors import UserError
+from sparsescope.record.metrics import Metric
 from sparsescope.stats import auroc_ci, check_prompts, prompt_matrix
 
 PROMPT_KEY = ["suite", "split", "prompt_id"]
@@ -29,7 +30,7 @@ LOGITS = "logits"  # site of the per-prompt rows layer = -1, metric nll / max_pr
 
 def feature_name(layer: int, site: str, metric: str, threshold: float) -> str:
     """Profile column name, e.g. `L3.mlp.hook_post.near_zero_frac@0.1` (no `@` part without a threshold)."""
-    return f"L{layer}.{site}.{metric}" + ("" if pd.isna(threshold) else f"@{threshold:g}")
+    return f"L{layer}.{site}.{Metric(metric, float(threshold)).label}"
 
 
 def _select(rows: pd.DataFrame, column: str, wanted, default) -> pd.DataFrame:

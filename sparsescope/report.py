@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import UserError
+from .record.metrics import Metric
 from .store import RunDir, atomic_write_text
 
 DEFAULT_SITES = ("mlp.hook_post", "hook_resid_post", "attn.hook_z")
@@ -30,12 +31,10 @@ FIRE_BINS = 50
 
 def metric_rows(activations: pd.DataFrame, metric: str = "hoyer", threshold: float | None = None) -> pd.DataFrame:
     """Rows of one metric at one threshold; `metric` may name both, as in 'near_zero_frac@0.1'."""
-    name, _, t = metric.partition("@")
-    if t:
-        try:
-            threshold = float(t)
-        except ValueError:
-            raise UserError(f"threshold {t!r} in {metric!r} is not a number; write e.g. {name}@0.1") from None
+    m = Metric.parse(metric)
+    name = m.name
+    if not math.isnan(m.threshold):
+        threshold = m.threshold
     rows = activations[activations["metric"] == name]
     if rows.empty:
         have = ", ".join(activations["metric"].unique())
@@ -44,15 +43,14 @@ def metric_rows(activations: pd.DataFrame, metric: str = "hoyer", threshold: flo
         rows = rows[np.isclose(rows["threshold"], threshold)]
     thresholds = activations.loc[activations["metric"] == name, "threshold"].drop_duplicates()
     if rows.empty or rows["threshold"].nunique(dropna=False) > 1:
-        have = ", ".join(name if math.isnan(x) else f"{name}@{x:g}" for x in sorted(thresholds))
+        have = ", ".join(Metric(name, x).label for x in sorted(thresholds))
         raise UserError(f"pick one threshold for '{name}': {have}")
     return rows
 
 
 def label(rows: pd.DataFrame) -> str:
     """'hoyer' or 'near_zero_frac@0.1' for rows of one metric."""
-    name, t = rows["metric"].iloc[0], rows["threshold"].iloc[0]
-    return name if math.isnan(t) else f"{name}@{t:g}"
+    return Metric(rows["metric"].iloc[0], float(rows["threshold"].iloc[0])).label
 
 
 def split_means(rows: pd.DataFrame) -> pd.DataFrame:
@@ -410,7 +408,7 @@ def print_stats(stats: dict[str, pd.DataFrame], console: Console) -> None:
         console.print("[bold]ID vs OOD, Holm-significant layers[/] (site, metric: significant/tested, up, down; "
                       "largest g [CI] at layer)")
         for r in s.itertuples(index=False):
-            name = r.metric + ("" if pd.isna(r.threshold) else f"@{r.threshold:g}")
+            name = Metric(r.metric, float(r.threshold)).label
             console.print(f"  {r.site:22} {name:20} {r.n_significant:3}/{r.n_tests:<3} up {r.n_up:3} down {r.n_down:3}"
                           f"  g {r.g:+.2f} [{r.g_lo:+.2f}, {r.g_hi:+.2f}] @ L{r.top_layer}", highlight=False, soft_wrap=True)
     if "trends" in stats:
@@ -418,7 +416,7 @@ def print_stats(stats: dict[str, pd.DataFrame], console: Console) -> None:
         s = trend_summary(stats["trends"])
         for r in s[s["site"].isin(TERMINAL_SITES)].itertuples(index=False):
             d = r._asdict()
-            name = r.metric + ("" if pd.isna(r.threshold) else f"@{r.threshold:g}")
+            name = Metric(r.metric, float(r.threshold)).label
             rhos = "  ".join(f"{g} {d[f'rho_{g}']}" for g in GROUPS if f"rho_{g}" in d)
             console.print(f"  {r.ladder:10} {r.site:18} {name:20} {r.n_increasing:2}/{r.n_decreasing:<2} of "
                           f"{r.n_layers:<2} {rhos}", highlight=False, soft_wrap=True)

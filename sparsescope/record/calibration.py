@@ -13,6 +13,7 @@ import torch
 from sparsescope.errors import UserError
 from sparsescope.models.loading import LoadedModel
 from sparsescope.models.sites import site_name
+from sparsescope.models.tokens import token_chunks
 
 SAMPLE = 1 << 16  # |x| values kept per linear for quantiles
 
@@ -37,12 +38,9 @@ def calibrate(lm: LoadedModel, texts: str | Sequence[str], seq_len: int = 256, m
     ``act_norm`` is ‖x_j‖₂ over all calibration tokens (Wanda's input norm); ``abs_sample`` a uniform sample of
     |x| entries (equal share per chunk), for thresholds at a quantile (TEAL) or percentile (ann2snn).
     """
-    text = texts if isinstance(texts, str) else "\n\n".join(texts)
-    ids = torch.tensor(lm.tokenizer(text)["input_ids"][:max_tokens], dtype=torch.long)
-    if len(ids) < 2:
+    chunks = token_chunks(lm, texts, seq_len, max_tokens)
+    if chunks.numel() < 2:
         raise UserError("the calibration text is empty (under 2 tokens); pass a longer calibration text")
-    seq_len = min(seq_len, lm.context, len(ids))
-    chunks = ids[: len(ids) // seq_len * seq_len].view(-1, seq_len)
     gen = torch.Generator().manual_seed(seed)
     stats: dict[str, dict[str, torch.Tensor]] = {}
     handles = []

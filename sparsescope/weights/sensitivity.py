@@ -24,7 +24,7 @@ from sparsescope.models.loading import LoadedModel
 from sparsescope.levers.prune import PRUNE_METHODS, global_magnitude_plan, parse_nm
 
 ALL_LAYERS = -1  # `layer` value of whole-model rows
-METHODS = (*PRUNE_METHODS, "global")  # "global": one magnitude threshold over all linears (whole model only)
+CURVE_METHODS = (*PRUNE_METHODS, "global")  # "global": one magnitude threshold over all linears (whole model only)
 
 
 @dataclass
@@ -40,9 +40,9 @@ class SensitivityConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        unknown = set(self.methods) - set(METHODS)
+        unknown = set(self.methods) - set(CURVE_METHODS)
         if unknown or not self.methods:
-            raise UserError(f"unknown pruning method(s) {sorted(unknown)}; use some of {', '.join(METHODS)}")
+            raise UserError(f"unknown pruning method(s) {sorted(unknown)}; use some of {', '.join(CURVE_METHODS)}")
         if not self.sparsities or not all(0 < s < 1 for s in self.sparsities):
             raise UserError(f"sparsities must lie in (0, 1), got {list(self.sparsities)}; pass e.g. 0.1,0.3,0.5")
         if self.nm is not None:
