@@ -8,14 +8,11 @@ from __future__ import annotations
 import math
 
 import pandas as pd
-import plotly.express as px
 import torch
 
 from sparsescope.errors import UserError
-from sparsescope.harvest.page import html_page
 from sparsescope.models.loading import LoadedModel
 from sparsescope.record.metrics import Metric
-from sparsescope.weights import sensitivity as sens
 from sparsescope.weights.stats import weight_stats, weight_table
 
 WEIGHT_METRICS = tuple(weight_stats(torch.eye(4, 8)).keys())  # e.g. zero_frac, near_zero_frac@0.1, nm24_kept_l2
@@ -46,19 +43,3 @@ def grid(table: pd.DataFrame, metric: str) -> pd.DataFrame:
     return rows.pivot(index="layer", columns="site", values="value")[list(dict.fromkeys(rows["site"]))]
 
 
-def page(manifest: dict, tables: dict[str, pd.DataFrame], metric: str, tolerance: float) -> str:
-    """The run's HTML page: weight-statistic heatmap and grid, then sensitivity curves, knees and rows if measured."""
-    g = grid(tables["weights"], metric)
-    heat = px.imshow(g, aspect="auto", color_continuous_scale="Viridis", labels={"color": metric},
-                     title=f"{metric} per layer and weight site")
-    facts = {"model": manifest.get("model"), "revision": manifest.get("model_revision"),
-             "weights": manifest.get("weights_note"), "created": manifest.get("created")}
-    parts: list = [heat, f"{metric} (layers × weight sites)", g.reset_index()]
-    if "sensitivity" in tables:
-        s, k = tables["sensitivity"], tables["knees"]
-        parts += [sens.figure(s, k, tolerance)]
-        if (s["layer"] != sens.ALL_LAYERS).any():
-            parts += [sens.layer_figure(s)]
-        parts += [f"Essential sparsity: largest sparsity with Δppl/ppl ≤ {tolerance:.1%} (linear between points)", k,
-                  "Sensitivity measurements", s]
-    return html_page(f"sparsescope weights — {manifest.get('model')} ({manifest.get('run_id')})", facts, parts)
