@@ -1,8 +1,10 @@
 """Reference tables for the before/after test of the layout refactor (issue 11).
 
 `tables(model_dir, runs)` runs `scan` (with `report`'s statistics), `spike`, `weights` and `compare` through the CLI
-on the tiny random Llama of `tests/tiny.py` and returns every stored table, minus run ids and wall-clock columns.
-The Parquet files beside this script were written by it on commit 5e81b50 (main before the refactor):
+on the tiny random Llama of `tests/tiny.py` and returns every stored table, minus run ids and wall-clock columns,
+plus `"stdout"`: what the commands printed, with run ids, temporary paths and seconds masked.
+The files in `reference/` were written by it on commit 5e81b50 (main before the refactor), from a copy of that
+commit's tree (`git archive 5e81b50 | tar -x -C base`, this script copied into `base/tests/data/`):
 
     cd <repo> && PYTHONPATH=$PWD:$PWD/tests OMP_NUM_THREADS=1 python tests/data/make_reference.py
 
@@ -11,6 +13,8 @@ The Parquet files beside this script were written by it on commit 5e81b50 (main 
 
 from __future__ import annotations
 
+import re
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -32,30 +36,38 @@ COMMANDS = {
 }
 
 
-def tables(model_dir: Path, runs: Path) -> dict[str, pd.DataFrame]:
-    """{"<command>.<table>": frame} for the four commands (and `report` on the scan), each in its own run store."""
+def tables(model_dir: Path) -> dict[str, pd.DataFrame]:
+    """{"<command>.<table>": frame} for the four commands (and `report` on the scan), each in its own run store.
+
+    The stores lie in a fresh ``/tmp/tmpXXXXXXXX`` folder: printed paths have the same length on every run, so
+    rich wraps the printed lines at the same places."""
     from typer.testing import CliRunner
 
     from sparsescope.cli import app
 
+    runs = Path(tempfile.mkdtemp())
     text = runs / "text.txt"
-    runs.mkdir(parents=True, exist_ok=True)
     text.write_text(TEXT)
     runner = CliRunner()
-    result = {}
+    result, printed = {}, []
     for command, args in COMMANDS.items():
         root = runs / command
         args = [a.replace("{text}", str(text)) for a in args] + ["--model", str(model_dir), "--runs-dir", str(root)]
         res = runner.invoke(app, args)
         assert res.exit_code == 0, res.output
+        printed.append(res.stdout)
         if command == "scan":
             res = runner.invoke(app, ["report", "last", "--no-html", "--runs-dir", str(root)])
             assert res.exit_code == 0, res.output
+            printed.append(res.stdout)
         (run_dir,) = [p for p in root.iterdir() if p.is_dir()]
         for path in sorted(run_dir.glob("*.parquet")):
             df = pd.read_parquet(path)
             result[f"{command}.{path.stem}"] = df.drop(columns=[c for c in TIMING_COLUMNS if c in df]).reset_index(
                 drop=True)
+    text = re.sub(r"\d{8}-\d{6}[-\w.]*", "RUN_ID", "\n".join(printed).replace(str(runs), "RUNS"))
+    result["stdout"] = re.sub(r"\d+\.\d+ s\b", "… s", text)
+    shutil.rmtree(runs)
     return result
 
 
@@ -73,6 +85,9 @@ if __name__ == "__main__":
     sys.path.insert(0, str(HERE.parent))
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = tiny_model_dir(Path(tmp) / "model")
-        for name, df in tables(model_dir, Path(tmp) / "runs").items():
+        for name, df in tables(model_dir).items():
+            if name == "stdout":
+                (HERE / "reference" / "stdout.txt").write_text(df)
+                continue
             df.to_parquet(HERE / "reference" / f"{name}.parquet", index=False)
             print(name, df.shape)
