@@ -17,7 +17,8 @@ REFERENCES = sorted((DATA / "reference").glob("*.parquet"))
 
 @pytest.fixture(scope="module")
 def current(tmp_path_factory):
-    return tables(tiny_model_dir(tmp_path_factory.mktemp("before-after") / "model"))  # the directory name is the tables' `model`
+    # the directory name is the tables' `model` column
+    return tables(tiny_model_dir(tmp_path_factory.mktemp("before-after") / "model"))
 
 
 def test_the_same_tables_are_written(current):

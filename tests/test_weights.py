@@ -9,7 +9,9 @@ import torch
 from scipy.stats import norm
 
 from sparsescope.errors import UserError
-from sparsescope.levers.prune import global_magnitude_masks, magnitude_mask, nm_mask, random_mask, wanda_mask, wanda_score
+from sparsescope.levers.prune import (
+    global_magnitude_masks, magnitude_mask, nm_mask, random_mask, wanda_mask, wanda_score,
+)
 from sparsescope.levers.quant import bytes_per_param, quantize_activation, quantize_weight, ternary
 from sparsescope.levers.teal import teal_threshold, threshold_input
 from sparsescope.weights import nm_readiness, weight_stats, weight_table

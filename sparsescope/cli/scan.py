@@ -15,7 +15,8 @@ from sparsescope.cli._common import RUNS_DIR, MODEL, Bar, app, console, friendly
 def scan(
     model: str = MODEL,
     suites: Optional[str] = typer.Option(None, help="Comma-separated bundled suite names or files (default: all)."),
-    sites: Optional[str] = typer.Option(None, help="Sites, e.g. mlp.hook_post,blocks.3.hook_resid_post (default: all)."),
+    sites: Optional[str] = typer.Option(None, help="Sites, e.g. mlp.hook_post,blocks.3.hook_resid_post "
+                                        "(default: all)."),
     layers: Optional[str] = typer.Option(None, help="Layers, e.g. 0,5,10-12 (default: all)."),
     metrics: Optional[str] = typer.Option(None, help="Metrics, e.g. hoyer,near_zero_frac@0.1 (default: all)."),
     ladders: Optional[str] = typer.Option(None, help="Corruption ladders over the prose suite (levels 0/10/25/50/100), "
@@ -39,7 +40,7 @@ def scan(
 
 
 def _report(run, html: bool = True, metric: str = "hoyer") -> None:
-    """Print a scan's summary (and statistics, when it has prompts) and write its report; `scan` and `report` share it."""
+    """Print a scan's summary (and statistics, when it has prompts) and write its report (`scan` and `report`)."""
     from sparsescope import workflows
     from sparsescope.show.terminal import print_stats, print_summary
 

@@ -40,7 +40,8 @@ def print_stats(stats: dict[str, pd.DataFrame], console: Console) -> None:
         for r in s.itertuples(index=False):
             name = Metric(r.metric, float(r.threshold)).label
             console.print(f"  {r.site:22} {name:20} {r.n_significant:3}/{r.n_tests:<3} up {r.n_up:3} down {r.n_down:3}"
-                          f"  g {r.g:+.2f} [{r.g_lo:+.2f}, {r.g_hi:+.2f}] @ L{r.top_layer}", highlight=False, soft_wrap=True)
+                          f"  g {r.g:+.2f} [{r.g_lo:+.2f}, {r.g_hi:+.2f}] @ L{r.top_layer}",
+                          highlight=False, soft_wrap=True)
     if "trends" in stats:
         console.print("[bold]Ladder trends[/] (layers increasing/decreasing of tested; rho [CI] per layer group)")
         s = trend_summary(stats["trends"])
