@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from sparsescope.cli._common import (
-    app, out, RUNS_DIR, MODEL, friendly, split_list, token_progress, load, _show,
-)
+from sparsescope.cli._common import Bar, app, out, RUNS_DIR, MODEL, friendly, load, show
 from sparsescope.errors import UserError
+from sparsescope.workflows import split_list
 
 sae_app = typer.Typer(no_args_is_help=True, help="Sparse autoencoders: train with sae-lens on cached activations, "
                                                  "evaluate in the model's forward pass, inspect features.")
@@ -26,19 +24,25 @@ INSPECT = typer.Option(50_000, help="Cached tokens searched for each feature's t
 
 
 def _bars():
-    """A rich progress display with one token bar per stage (record, train, evaluate, inspect), showing tokens/s."""
-    bar = token_progress(0, "sae")
-    tasks: dict[str, tuple[int, float]] = {}
+    """One token progress bar per stage (record, train, evaluate, inspect), each closed when the next starts."""
+    bars: dict[str, Bar] = {}
 
     def progress(stage: str, n: int, total: int | None) -> None:
-        if stage not in tasks:
-            tasks[stage] = (bar.add_task(stage, total=total, rate=""), time.perf_counter())
-        task, start = tasks[stage]
-        bar.advance(task, n)
-        done = bar.tasks[task].completed
-        bar.update(task, description=stage, rate=f"{done / max(time.perf_counter() - start, 1e-9):.0f} tok/s")
+        if stage not in bars:
+            for bar in bars.values():
+                bar.__exit__()
+            bars[stage] = Bar(stage, "tok")
+        bars[stage](n, total)
 
-    return bar, progress
+    class Stages:
+        def __enter__(self):
+            return progress
+
+        def __exit__(self, *exc):
+            for bar in bars.values():
+                bar.__exit__()
+
+    return Stages()
 
 
 def _eval_config(suites, n_boot, max_prompts, heldout_tokens, inspect_tokens):
@@ -86,8 +90,7 @@ def train_cmd(
                          train_tokens=train_tokens, batch_size=batch_size, lr=lr, seed=seed, max_minutes=max_minutes)
     cache = CacheOptions(text=text, tokens=cache_tokens, context=context, extra_sites=split_list(cache_sites) or [],
                          cache_from=cache_from)
-    bar, progress = _bars()
-    with bar:
+    with _bars() as progress:
         eval_cfg = _eval_config(suites, n_boot, max_prompts, heldout_tokens, inspect_tokens) if evaluate else None
         run = train_run(RunStore(runs_dir), model, load, cfg, cache, eval_cfg, progress)
     sae_manifest = json.loads((run.path / "sae" / "sparsescope.json").read_text())
@@ -112,8 +115,7 @@ def eval_cmd(
     from sparsescope.sae.workflow import eval_run
     from sparsescope.store import RunStore
 
-    bar, progress = _bars()
-    with bar:
+    with _bars() as progress:
         cfg = _eval_config(suites, n_boot, max_prompts, heldout_tokens, inspect_tokens)
         run = eval_run(RunStore(runs_dir), run_id, load, cfg, progress)
     _print_metrics(run)
@@ -129,10 +131,9 @@ def features_cmd(
     runs_dir: Optional[Path] = RUNS_DIR,
 ):
     """Show features: top contexts (activating token marked «»), density, ID/OOD frequency, logit effects."""
-    from rich.table import Table
-
     from sparsescope.sae.study import feature_cards
     from sparsescope.sae.workflow import open_sae_run
+    from sparsescope.show.sae import feature_card
     from sparsescope.store import RunStore
 
     run, sae, _ = open_sae_run(RunStore(runs_dir), run_id)
@@ -140,67 +141,23 @@ def features_cmd(
         if name not in run.manifest["tables"]:
             raise UserError(f"run {run.run_id} has no {name} table; run `sparsescope sae eval {run.run_id}` first")
     logits = run.read("sae_logits") if "sae_logits" in run.manifest["tables"] else None
-    wanted = [int(f) for f in split_list(feature)] if feature else None
+    try:
+        wanted = [int(f) for f in split_list(feature)] if feature else None
+    except ValueError:
+        raise UserError(f"bad --feature {feature!r}; write feature indices separated by commas, e.g. 12,345") from None
     for card in feature_cards(run.read("sae_features"), run.read("sae_contexts"), logits, wanted, top,
                               sae.cfg.d_sae):
-        table = Table("rank", "activation", "context", title=card["title"], caption=card["caption"])
-        for r in card["contexts"].itertuples():
-            table.add_row(str(r.rank), f"{r.activation:.3g}", r.text)
-        _show(table)
+        show(feature_card(card))
 
 
 def _print_metrics(run) -> None:
-    from rich.table import Table
+    from sparsescope.show.sae import metrics_table, probe_summary, write_page
 
-    m = run.read("sae_metrics") if "sae_metrics" in run.manifest["tables"] else None
-    if m is None:
+    if "sae_metrics" not in run.manifest["tables"]:
         out.print(f"no evaluation stored; run `sparsescope sae eval {run.run_id}`")
         return
-
-    def ci(r, name, fmt="{:.3f}"):
-        v = getattr(r, name)
-        return "" if v != v else f"{fmt.format(v)} [{fmt.format(getattr(r, name + '_lo'))}, " \
-                                 f"{fmt.format(getattr(r, name + '_hi'))}]"
-
-    first = m.iloc[0]
-    table = Table("split", "family", "tokens", "L0", "explained var.", "CE recovered", "KL score", "cosine", "dead",
-                  "dense", title=f"{run.run_id}: {first.architecture} SAE at {first.site} "
-                                 f"({first.d_in} → {first.d_sae}), 95 % CIs over prompts")
-    for r in m.itertuples():
-        table.add_row(r.split, r.family, str(r.n_tokens), ci(r, "l0", "{:.1f}"), ci(r, "explained_variance"),
-                      ci(r, "ce_loss_recovered"), ci(r, "kl_score"), ci(r, "cosine"), f"{r.dead_frac:.1%}",
-                      f"{r.dense_frac:.1%}")
-    _show(table)
+    show(metrics_table(run.read("sae_metrics"), run.run_id))
     if "sae_probe" in run.manifest["tables"]:
-        p = run.read("sae_probe")
-        sparse = p[(p.method == "k-sparse probe") & (p.target == "ood")].pivot_table(index="k", columns="units",
-                                                                                       values="auroc")
-        det = p[p.method == "ood detector"].groupby("units")["auroc"].mean()
-        probe = Table("k", *sparse.columns, title="ID vs OOD AUROC: k-sparse probe (out-of-fold), SAE features vs "
-                                                  "neurons; last row: OOD detector on all units (mean over held-out "
-                                                  "families)")
-        for kk, r in sparse.iterrows():
-            probe.add_row(str(kk), *[f"{v:.3f}" for v in r])
-        probe.add_row("all", *[f"{det.get(u, float('nan')):.3f}" for u in sparse.columns])
-        _show(probe)
+        show(probe_summary(run.read("sae_probe")))
     out.print(f"tables {', '.join(run.manifest['tables'])} → {run.path}")
-    out.print(f"page: {_page(run, m)}")
-
-
-def _page(run, metrics) -> Path:
-    """``sae.html`` in the run folder: the metrics, the feature-density histograms and the probe table."""
-    from sparsescope.harvest.page import html_page
-    from sparsescope.sae.study import density_figure
-
-    tables = run.manifest["tables"]
-    parts: list = ["Metrics (95 % CIs over prompts; held-out: over windows)", metrics.drop(columns=["run_id"])]
-    if "sae_features" in tables:
-        parts += ["Feature density", density_figure(run.read("sae_features"))]
-    if "sae_probe" in tables:
-        parts += ["Features vs neurons: k-sparse probe and OOD detector",
-                  run.read("sae_probe").drop(columns=["run_id"])]
-    m = run.manifest
-    facts = {"model": f"{m['model']} ({m.get('model_revision')})", "site": m.get("site"),
-             "data": f"{m['data'].get('text')}: {m['data'].get('n_tokens')} tokens, context {m['data'].get('context')}",
-             "config": m.get("config"), "note": m.get("weights_note")}
-    return run.write_file("sae.html", html_page(f"SAE {run.run_id}", facts, parts))
+    out.print(f"page: {write_page(run)}")

@@ -108,20 +108,6 @@ def inspect(lm: LoadedModel, sae, site: str, cache: ActivationCache, n_top: int 
     return {"sae_contexts": contexts, "sae_logits": logit_table(lm, site, sae), "train_density": train}
 
 
-def density_figure(features: pd.DataFrame):
-    """Histogram of log10 feature density per split/family (dead features counted at the left edge)."""
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
-    for (split, family), part in features.groupby(["split", "family"], sort=False):
-        d = part["density"].to_numpy()
-        fig.add_trace(go.Histogram(x=np.log10(np.maximum(d, 1e-7)), name=f"{split}/{family}", opacity=0.6,
-                                   nbinsx=60))
-    fig.update_layout(barmode="overlay", xaxis_title="log10 feature density (−7: never fired)",
-                      yaxis_title="features", title="SAE feature density")
-    return fig
-
-
 def feature_cards(features: pd.DataFrame, contexts: pd.DataFrame, logits: pd.DataFrame | None,
                   wanted: list[int] | None, top: int, d_sae: int) -> list[dict]:
     """Per feature: title (densities per split), caption (logit effects) and its top contexts. Without ``wanted``:
