@@ -243,3 +243,17 @@ def test_smollm2_cache_matches_hidden_states(tmp_path):
     got = torch.from_numpy(np.asarray(cache.array("blocks.6.hook_resid_post"), dtype=np.float32))
     torch.testing.assert_close(got, hidden, rtol=2e-3, atol=2e-2)
     assert cache.array("blocks.6.mlp.hook_post").shape == (62, 1536)
+
+
+def test_bootstrap_sums_resamples_units_like_a_loop():
+    """Ratio-of-sums statistics: the point value is the pooled ratio and each replicate equals a brute-force
+    recomputation on the same resampled units."""
+    from sparsescope.stats import bootstrap_sums
+
+    rng = np.random.default_rng(3)
+    num, den = rng.uniform(1, 5, 12), rng.uniform(5, 9, 12)
+    point, boots = bootstrap_sums({"a": num, "b": den}, lambda s: {"r": s["a"] / s["b"]}, n_boot=40, seed=7)
+    assert point["r"] == pytest.approx(num.sum() / den.sum())
+    draws = np.random.default_rng(7).integers(0, 12, size=(40, 12))
+    loop = np.array([num[d].sum() / den[d].sum() for d in draws])
+    np.testing.assert_allclose(boots["r"], loop)
