@@ -99,3 +99,41 @@ if __name__ == "__main__":  # child-process entry points
     cmd, *rest = sys.argv[1:]
     result = _memory_child(rest[0], rest[1], int(rest[2])) if cmd == "_memory" else _load_child(rest[0])
     print(json.dumps(result))
+
+
+# ---- harvest benchmarks: sparse kernels and decode (side by side, interleaved, medians) ----
+
+KERNEL_SHAPES = ((576, 576), (576, 192), (576, 1536), (1536, 576), (4096, 11008))  # (in, out): SmolLM2 + Llama-7B
+KERNEL_SPARSITIES = (0.3, 0.5, 0.7, 0.9)
+
+
+def kernels(shapes=KERNEL_SHAPES, sparsities=KERNEL_SPARSITIES, repeats: int = 7, progress=None):
+    """Kernel table per (in, out) shape: torch dense, our dense, our sparse at each s, fp32 and int8 weights.
+
+    Timed side by side by ``kernels.timing.time_cases`` (interleaved repeats, medians, rotating masks).
+    ``speedup_vs_best_dense``: against the faster of torch dense (``F.linear``) and our dense fp32.
+    ``frac_of_ideal``: the speed-up over the dense path of the same weight format (best fp32 dense; our int8
+    dense for int8) divided by the ideal 1/(1−s).
+    """
+    import pandas as pd
+
+    from sparsescope.kernels.timing import TORCH_DENSE, time_cases
+
+    cases = [TORCH_DENSE, ("ours", "fp32", 0.0), ("ours", "int8", 0.0)]
+    cases += [("ours", fmt, s) for s in sparsities for fmt in ("fp32", "int8")]
+    rows = []
+    for n_in, n_out in shapes:
+        med = time_cases(n_in, n_out, cases, repeats=repeats)
+        best = min(med[TORCH_DENSE], med[("ours", "fp32", 0.0)])
+        same = {"fp32": best, "int8": med[("ours", "int8", 0.0)]}
+        for (backend, fmt, s), sec in med.items():
+            kernel = "torch dense" if backend == "torch" else f"ours {'' if fmt == 'fp32' else 'int8 '}" \
+                f"{'dense' if s == 0 else 'sparse'}"
+            rows.append({"shape": f"{n_in}x{n_out}", "in_features": n_in, "out_features": n_out, "sparsity": s,
+                         "kernel": kernel, "seconds": sec, "speedup_vs_best_dense": best / sec,
+                         "frac_of_ideal": same[fmt] / sec * (1 - s),
+                         "gb_per_s": round((1 - s) * n_in) * n_out * (1 if fmt == "int8" else 4) / sec / 1e9,
+                         "repeats": repeats})
+        if progress:
+            progress(f"{n_in}x{n_out}")
+    return pd.DataFrame(rows)
