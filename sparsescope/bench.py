@@ -137,3 +137,53 @@ def kernels(shapes=KERNEL_SHAPES, sparsities=KERNEL_SPARSITIES, repeats: int = 7
         if progress:
             progress(f"{n_in}x{n_out}")
     return pd.DataFrame(rows)
+
+
+def amdahl(lm, sparsity: float) -> dict:
+    """Bytes-bound ceilings of batch-1 decode: the LM head (not input-sparse) caps what activation sparsity gives.
+
+    ``head_fraction``: the LM head's share of the linear weight bytes read per token (fp32). With the block
+    linears sparse at s and everything else unchanged, time ∝ bytes gives 1/(f + (1−f)(1−s)), at most 1/f.
+    """
+    from sparsescope.harvest.compare import linear_shapes
+
+    block = sum(i * o for i, o in linear_shapes(lm).values())
+    head = lm.model.get_output_embeddings().weight.numel()
+    f = head / (head + block)
+    return {"head_fraction": f, "head_params": head, "block_params": block,
+            "bound_at_s": 1 / (f + (1 - f) * (1 - sparsity)), "bound_any_s": 1 / f, "sparsity": sparsity}
+
+
+def decode(model: str = "smollm2-135m", plan_path: str | None = None, sparsity: float = 0.5, n_new: int = 32,
+           repeats: int = 3, eval_tokens: int = 1024, calib_tokens: int = 1024, progress=None):
+    """Decode tokens/s in the lean loop, dense vs sparse/int8/planned, with each configuration's Δppl.
+
+    Dense twice (torch ``F.linear`` modules, and our dense GEMV on every linear and the head): the faster one is
+    the baseline of ``speedup``. Then TEAL at ``sparsity`` on every block linear (our kernel), int8 weights
+    (with an int8 head), int8 + TEAL, and the plan in ``plan_path``; HF ``generate`` for reference.
+    Returns (table, Amdahl bounds).
+    """
+    from sparsescope.eval import Evaluator
+    from sparsescope.harvest.decode import dense_configs, measure
+    from sparsescope.harvest.planner import HarvestPlan
+    from sparsescope.intervene import Plan, Rule
+    from sparsescope.probes import load_text
+    from sparsescope.record.calibration import calibrate
+
+    lm = load_model(model)
+    configs = dense_configs() | {
+               f"TEAL {sparsity:.0%}": (Plan([Rule("sparse", {"sparsity": sparsity})]), "fp32"),
+               "int8": (Plan([Rule("sparse", {"sparsity": 0.0, "weights": "int8"})]), "int8"),
+               f"int8 + TEAL {sparsity:.0%}": (Plan([Rule("sparse", {"sparsity": sparsity, "weights": "int8"})]),
+                                               "int8")}
+    if plan_path:
+        hp = HarvestPlan.from_yaml(plan_path)
+        hp.check(lm)
+        configs[f"planned ({hp.plan.name})"] = (hp.plan, hp.lm_head)
+    heldout = load_text("heldout")
+    evaluator = Evaluator(lm, heldout, max_tokens=eval_tokens)
+    evaluator.reference()
+    calibration = calibrate(lm, load_text("calibration"), max_tokens=calib_tokens)
+    prompt = lm.tokenizer(heldout)["input_ids"][:16]
+    table = measure(lm, configs, prompt, n_new, repeats, evaluator, calibration, progress=progress)
+    return table, amdahl(lm, sparsity)

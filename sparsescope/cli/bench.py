@@ -2,26 +2,36 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Optional
 
 import typer
 
-from sparsescope.cli._common import app, console, out, MODEL, friendly, load
+from sparsescope.cli._common import app, console, out, MODEL, RUNS_DIR, friendly, load, _show, _frame_table
 from sparsescope.errors import UserError
 
 
 @app.command()
 @friendly
 def bench(
-    what: str = typer.Argument("all", help="record | memory | load | all"),
+    what: str = typer.Argument("all", help="record | memory | load | all | kernels | decode"),
     model: str = MODEL,
     suite: str = typer.Option("prose", help="Suite whose prompts are recorded."),
     repeats: int = typer.Option(3, help="Repeats per side (medians are reported)."),
+    plan: Optional[Path] = typer.Option(None, help="decode: also time this plan.yaml (from `sparsescope plan`)."),
+    sparsity: float = typer.Option(0.5, help="decode: TEAL sparsity of the uniform sparse configurations."),
+    tokens: int = typer.Option(32, help="decode: tokens generated per repeat."),
+    runs_dir: Optional[Path] = RUNS_DIR,
 ):
     """Side-by-side benchmarks printed as ratios: recording overhead, memory vs tokens, cached vs GGUF load."""
     from sparsescope import bench as b
 
-    if what not in ("record", "memory", "load", "all"):
-        raise UserError(f"unknown benchmark {what!r}; choose record, memory, load or all")
+    if what not in ("record", "memory", "load", "all", "kernels", "decode"):
+        raise UserError(f"unknown benchmark {what!r}; choose record, memory, load, all, kernels or decode")
+    if what == "kernels":
+        return _bench_kernels(repeats, runs_dir)
+    if what == "decode":
+        return _bench_decode(model, plan, sparsity, tokens, repeats, runs_dir)
     if what in ("record", "all"):
         with console.status("recording overhead: plain forward vs recording, interleaved"):
             r = b.record_overhead(model, suite, repeats)
@@ -39,6 +49,65 @@ def bench(
             lt = b.load_time(model)
         out.print(f"model load: first (GGUF) {lt['first_s']:.1f} s, cached {lt['cached_s']:.2f} s: "
                   f"{lt['ratio']:.0f}× faster cached")
+
+
+def _store_bench(runs_dir, name: str, table, config: dict, extra: dict | None = None):
+    """Write a ``bench`` run holding one table; the load average before and after goes in the manifest."""
+    import os
+
+    from sparsescope import __version__
+    from sparsescope.store import RunStore
+
+    run = RunStore(runs_dir).create({"kind": "bench", "model": config.get("model", "kernels"), "config": config,
+                                     "package_version": __version__, "loadavg_after": list(os.getloadavg())}
+                                    | (extra or {}))
+    run.finalize({name: table.assign(run_id=run.run_id)})
+    return run
+
+
+def _bench_kernels(repeats: int, runs_dir) -> None:
+    """Sparse GEMV vs the best dense path on SmolLM2's shapes and 4096x11008 (`bench kernels`)."""
+    import os
+
+    from sparsescope import bench as b
+    from sparsescope.store import RunStore
+
+    RunStore(runs_dir).check_writable()
+    load_before = os.getloadavg()
+    with console.status("kernels: torch dense, our dense and sparse GEMVs, interleaved") as st:
+        table = b.kernels(repeats=max(repeats, 5), progress=lambda label: st.update(f"kernels: {label} done"))
+    run = _store_bench(runs_dir, "kernels", table, {"repeats": max(repeats, 5)}, {"loadavg_before": list(load_before)})
+    shown = table.pivot_table(index=["shape", "sparsity"], columns="kernel", values="speedup_vs_best_dense")
+    _show(_frame_table(shown, "speed-up vs the best dense path (median of interleaved repeats)"))
+    ideal = table[table["sparsity"] > 0].pivot_table(index=["shape", "sparsity"], columns="kernel",
+                                                     values="frac_of_ideal")
+    _show(_frame_table(ideal, "fraction of the ideal 1/(1-s) (against the dense path of the same format)"))
+    out.print(f"load average before {load_before[0]:.1f}, after {os.getloadavg()[0]:.1f} (2 cores); "
+              f"table → {run.path}")
+
+
+def _bench_decode(model: str, plan, sparsity: float, tokens: int, repeats: int, runs_dir) -> None:
+    """Lean-loop decode tokens/s, dense vs sparse/int8/planned, with Δppl (`bench decode`)."""
+    import os
+
+    from sparsescope import bench as b
+    from sparsescope.store import RunStore
+
+    RunStore(runs_dir).check_writable()
+    load_before = os.getloadavg()
+    with console.status("decode: lean loop, configurations interleaved") as st:
+        table, bound = b.decode(model, str(plan) if plan else None, sparsity, tokens, repeats,
+                                progress=lambda label: st.update(f"decode: {label}"))
+    run = _store_bench(runs_dir, "decode", table, {"model": model, "plan": str(plan) if plan else None,
+                                                   "sparsity": sparsity, "tokens": tokens, "repeats": repeats},
+                       {"loadavg_before": list(load_before), "amdahl": bound})
+    shown = table.set_index("config")[["ms_per_token", "tokens_per_s", "speedup", "ppl", "rel_delta_ppl", "kl"]]
+    _show(_frame_table(shown, f"{model}: batch-1 decode, lean loop, {tokens} tokens, medians of {repeats}"))
+    out.print(f"Amdahl: the LM head is {bound['head_fraction']:.0%} of the weight bytes per token and is not "
+              f"input-sparse: activation sparsity {sparsity:.0%} on every block linear can give at most "
+              f"{bound['bound_at_s']:.2f}x, any sparsity at most {bound['bound_any_s']:.2f}x (bytes-bound).")
+    out.print(f"load average before {load_before[0]:.1f}, after {os.getloadavg()[0]:.1f} (2 cores); "
+              f"table → {run.path}")
 
 
 @app.command()

@@ -11,13 +11,17 @@ written out as two small matmuls. Dense and planned runs use this same loop, so 
 from __future__ import annotations
 
 import contextlib
+import json
 import statistics
 import time
 
+import pandas as pd
 import torch
 from torch import nn
 
 from sparsescope.errors import UserError
+from sparsescope.eval import Evaluator
+from sparsescope.intervene import Plan, Rule, apply
 from sparsescope.kernels import sparse as sp
 from sparsescope.models.loading import LoadedModel
 
@@ -134,3 +138,55 @@ def hf_generate(lm: LoadedModel, prompt: list[int], n_new: int) -> tuple[list[in
 
 def median_ms(runs: list[float]) -> float:
     return 1e3 * statistics.median(runs)
+
+
+def dense_configs() -> dict[str, tuple[Plan, str]]:
+    """The two dense paths, as ``measure`` configurations: torch ``F.linear`` modules, and our dense GEMV on every
+    block linear and the LM head. The faster is the baseline of every speed-up."""
+    return {"dense torch": (Plan([]), "torch"), "dense ours": (Plan([Rule("sparse", {"sparsity": 0.0})]), "fp32")}
+
+
+def measure(lm: LoadedModel, configs: dict[str, tuple[Plan, str]], prompt: list[int], n_new: int = 32,
+            repeats: int = 3, evaluator: Evaluator | None = None, calibration: dict | None = None,
+            hf_reference: bool = True, progress=None) -> pd.DataFrame:
+    """Decode speed (lean loop) and quality of each ``{name: (plan, head format)}``, side by side.
+
+    Every repeat runs every configuration once in turn (apply → decode ``n_new`` tokens → restore), so a busy
+    machine slows all of them alike; the table holds medians. ``speedup`` is against the fastest configuration
+    whose name starts with ``dense``. Quality (``delta_ppl``, relative ``rel_delta_ppl``, ``kl``) comes from
+    ``evaluator`` with the same plan applied. ``hf_reference`` adds HF ``generate`` on the unmodified model.
+    """
+    tick = progress or (lambda label: None)
+    times: dict[str, list[float]] = {name: [] for name in configs}
+    texts = {}
+    if hf_reference:
+        times["HF generate (dense)"] = []
+    for r in range(repeats):
+        for name, (plan, fmt) in configs.items():
+            with apply(lm, plan, calibration), head(lm, fmt):
+                tokens, sec = LeanDecoder(lm, len(prompt) + n_new).generate(prompt, n_new)
+            times[name].append(sec)
+            texts.setdefault(name, lm.tokenizer.decode(tokens))
+            tick(f"{name}: {1e3 * sec:.1f} ms/token")
+        if hf_reference:
+            tokens, sec = hf_generate(lm, prompt, n_new)
+            times["HF generate (dense)"].append(sec)
+            texts.setdefault("HF generate (dense)", lm.tokenizer.decode(tokens))
+    quality = {}
+    for name, (plan, fmt) in configs.items():
+        if evaluator is not None:
+            with apply(lm, plan, calibration), head(lm, fmt):
+                q = evaluator.evaluate()
+            quality[name] = q | {"rel_delta_ppl": q["delta_ppl"] / evaluator.dense_ppl}
+            tick(f"{name}: Δppl {quality[name]['rel_delta_ppl']:+.2%}")
+    rows = []
+    for name, sec in times.items():
+        ms = median_ms(sec)
+        q = quality.get(name, {"ppl": evaluator.dense_ppl, "delta_ppl": 0.0, "rel_delta_ppl": 0.0, "kl": 0.0}
+                        if evaluator is not None and name.startswith("HF") else {})
+        rows.append({"config": name, "ms_per_token": ms, "tokens_per_s": 1e3 / ms, "ms_runs": json.dumps(
+            [round(1e3 * s, 2) for s in sec]), "n_new": n_new, "repeats": repeats, "sample": texts[name][:80]} | q)
+    df = pd.DataFrame(rows)
+    dense = df.loc[df["config"].str.startswith("dense"), "ms_per_token"]
+    df["speedup"] = (dense.min() if len(dense) else float("nan")) / df["ms_per_token"]
+    return df

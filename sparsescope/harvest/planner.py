@@ -37,7 +37,7 @@ import yaml
 from sparsescope.errors import UserError
 from sparsescope.eval import Evaluator
 from sparsescope.harvest.compare import compute_constants, linear_shapes
-from sparsescope.harvest.decode import head
+from sparsescope.harvest.decode import dense_configs, head, measure
 from sparsescope.intervene import Plan, Rule, apply
 from sparsescope.kernels.sparse import quantize_int8
 from sparsescope.kernels.timing import TORCH_DENSE, time_cases
@@ -364,14 +364,15 @@ def _ours(table: pd.DataFrame, budget_nll: float, allowed: Callable[[str], bool]
 
 
 def _teal(table: pd.DataFrame, budget: float, levels: Sequence[float]):
-    """Proposals of TEAL's allocation: bisection on the block sparsity target over [0, max level]."""
+    """Proposals of TEAL's allocation: the max level as block sparsity target, then bisection below it."""
     bounds = [0.0, max(levels)]
 
     def propose(last):
-        if last is not None:
-            target, m, _ = last
-            bounds[0 if m["rel_delta_ppl"] <= budget else 1] = target
-        target = sum(bounds) / 2
+        if last is None:
+            target = bounds[1]  # the largest target first; bisect below it when it does not fit
+        else:
+            bounds[0 if last[1]["rel_delta_ppl"] <= budget else 1] = last[0]
+            target = sum(bounds) / 2
         return teal_greedy(table, target, levels), target
     return propose
 
@@ -423,3 +424,17 @@ def plan(lm: LoadedModel, heldout: str | Sequence[str], calibration_text: str, c
                      "rel_delta_ppl": meas["rel_delta_ppl"], "kl": meas["kl"], "evaluations": max(len(tried), 1)})
     rounds = pd.DataFrame([t for _, _, tried in results.values() for t in tried])
     return PlanResult(hp, table, pd.DataFrame(rows), rounds, evaluator.dense_ppl)
+
+
+def decode_check(lm: LoadedModel, hp: HarvestPlan, heldout: str | Sequence[str], calibration_text: str,
+                 n_new: int = 32, repeats: int = 3, cfg: PlannerConfig = PlannerConfig(), progress=None
+                 ) -> pd.DataFrame:
+    """``plan --apply``: the plan's real Δppl and decode speed in the lean loop, beside both dense paths."""
+    hp.check(lm)
+    evaluator = Evaluator(lm, heldout, seq_len=cfg.seq_len, max_tokens=cfg.eval_tokens)
+    evaluator.reference()
+    calibration = calibrate(lm, calibration_text, max_tokens=cfg.calib_tokens)
+    text = heldout if isinstance(heldout, str) else "\n\n".join(heldout)
+    configs = dense_configs() | {"planned": (hp.plan, hp.lm_head)}
+    return measure(lm, configs, lm.tokenizer(text)["input_ids"][:16], n_new, repeats, evaluator, calibration,
+                   progress=progress)

@@ -123,8 +123,8 @@ def _torch_gemv(packed: Packed, x: torch.Tensor, sparse: bool, rowscale: torch.T
 
 def _run(packed: Packed, x: torch.Tensor, threshold: float | None, rowscale: torch.Tensor | None,
          backend: str) -> torch.Tensor:
-    flat = x.reshape(-1, packed.in_features)
     mod = _backend(packed, x, backend)
+    flat = x.reshape(-1, packed.in_features)
     if mod is not None:
         return mod.gemv(packed.wt, flat, threshold is not None, 0.0 if threshold is None else float(threshold),
                         packed.scale, rowscale, packed.bias)
@@ -152,12 +152,12 @@ def spike_linear(packed: Packed, counts: torch.Tensor, v_th: torch.Tensor | floa
     """
     if counts.is_floating_point() or counts.is_complex():
         raise UserError(f"spike counts must be an integer tensor, got {counts.dtype}; pass spiking.coding.encode's s")
+    mod = _backend(packed, counts, backend)
     flat = counts.reshape(-1, packed.in_features)
     v = torch.as_tensor(v_th, dtype=torch.float32, device=counts.device).reshape(-1)
     rowscale = (v.expand(flat.shape[0]) if v.numel() == 1 else v).contiguous()
     if rowscale.numel() != flat.shape[0]:
         raise UserError(f"v_th has {rowscale.numel()} values for {flat.shape[0]} tokens; pass one per token")
-    mod = _backend(packed, counts, backend)
     if mod is not None:
         y = mod.gemv(packed.wt, flat.to(torch.int32), True, 0.0, packed.scale, rowscale, packed.bias)
     else:
