@@ -64,7 +64,8 @@ class Lever:
 
 
 LEVERS: dict[str, Callable[..., Lever]] = {}
-BUNDLED_LEVERS = ("sparsescope.spiking.convert", "sparsescope.weights.levers", "sparsescope.kernels.linear")  # register on import
+BUNDLED_LEVERS = ("sparsescope.spiking.convert", "sparsescope.weights.levers",  # register on import
+                  "sparsescope.kernels.linear")
 
 
 def _load_bundled_levers() -> None:

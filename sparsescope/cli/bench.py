@@ -77,11 +77,11 @@ def _bench_kernels(repeats: int, runs_dir) -> None:
     with console.status("kernels: torch dense, our dense and sparse GEMVs, interleaved") as st:
         table = b.kernels(repeats=max(repeats, 5), progress=lambda label: st.update(f"kernels: {label} done"))
     run = _store_bench(runs_dir, "kernels", table, {"repeats": max(repeats, 5)}, {"loadavg_before": list(load_before)})
-    shown = table.pivot_table(index=["shape", "sparsity"], columns="kernel", values="speedup_vs_best_dense")
-    _show(_frame_table(shown, "speed-up vs the best dense path (median of interleaved repeats)"))
-    ideal = table[table["sparsity"] > 0].pivot_table(index=["shape", "sparsity"], columns="kernel",
-                                                     values="frac_of_ideal")
-    _show(_frame_table(ideal, "fraction of the ideal 1/(1-s) (against the dense path of the same format)"))
+    for value, title in (("speedup_vs_best_dense", "speed-up vs the best dense path (torch or ours, fp32)"),
+                         ("frac_of_ideal", "fraction of the ideal 1/(1-s), against the dense path of the same "
+                                           "format")):
+        shown = table.pivot_table(index=["shape", "kernel"], columns="sparsity", values=value, sort=False)
+        _show(_frame_table(shown.astype(object).where(shown.notna(), ""), f"{title}; medians of interleaved repeats"))
     out.print(f"load average before {load_before[0]:.1f}, after {os.getloadavg()[0]:.1f} (2 cores); "
               f"table → {run.path}")
 

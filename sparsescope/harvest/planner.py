@@ -197,8 +197,9 @@ def solve(table: pd.DataFrame, budget_nll: float, alpha: float, allowed: Callabl
           ) -> pd.Series:
     """Row mask: one choice per linear maximising Σ time saved with α·Σ estimate ≤ ``budget_nll`` (Lagrangian).
 
-    For a multiplier λ every linear takes its best ``time_saved − λ·α·estimate``; the smallest λ whose total fits
-    is found by bisection in log space. Dense (saving 0 at estimate 0) always fits, so a zero budget is all-dense.
+    For a multiplier λ every linear takes its best ``time_saved − λ·α·estimate``; the smallest λ whose total
+    fits is found by bisection in log space. Dense (saving 0 at estimate 0) always fits, so a zero budget is
+    all-dense.
     """
     ok = table["choice"].map(allowed) | (table["choice"] == "dense")
     t = np.where(ok, table["time_saved_s"].to_numpy(), -np.inf)

@@ -125,7 +125,8 @@ torch::Tensor gemv(torch::Tensor wt, torch::Tensor x, bool sparse, double thresh
   TORCH_CHECK(x.dim() == 2 && x.size(1) == wt.size(0), "x must be [B, in] with in = Wt.size(0)");
   const int64_t B = x.size(0), in = wt.size(0), out = wt.size(1);
   TORCH_CHECK(in < (int64_t(1) << 31), "in_features too large for int32 indices");
-  torch::Tensor xs = x.to(torch::kFloat32, false, /*copy=*/true).contiguous();  // owned copy: thresholding writes into it
+  // an owned fp32 copy: thresholding writes into it
+  torch::Tensor xs = x.to(torch::kFloat32, false, /*copy=*/true).contiguous();
   float* xp = xs.data_ptr<float>();
   std::vector<int32_t> idx;
   if (sparse) idx = active(xp, B, in, static_cast<float>(threshold));
