@@ -187,3 +187,35 @@ def decode(model: str = "smollm2-135m", plan_path: str | None = None, sparsity: 
     prompt = lm.tokenizer(heldout)["input_ids"][:16]
     table = measure(lm, configs, prompt, n_new, repeats, evaluator, calibration, progress=progress)
     return table, amdahl(lm, sparsity)
+
+
+def _bench_run(store, table_name: str, table, config: dict, load_before: tuple, extra: dict | None = None):
+    """Store one benchmark table as a ``bench`` run, with the load average before and after in the manifest."""
+    from sparsescope import __version__
+
+    run = store.create({"kind": "bench", "model": config.get("model", "kernels"), "config": config,
+                        "package_version": __version__, "loadavg_before": list(load_before),
+                        "loadavg_after": list(os.getloadavg())} | (extra or {}))
+    run.finalize({table_name: table.assign(run_id=run.run_id)})
+    return run
+
+
+def kernels_run(store, repeats: int = 7, progress=None):
+    """``bench kernels`` as a stored ``bench`` run (table ``kernels``); returns (run, table)."""
+    store.check_writable()
+    before = os.getloadavg()
+    table = kernels(repeats=repeats, progress=progress)
+    return _bench_run(store, "kernels", table, {"repeats": repeats, "threads": torch.get_num_threads()}, before), table
+
+
+def decode_run(store, model: str = "smollm2-135m", plan_path: str | None = None, sparsity: float = 0.5,
+               n_new: int = 32, repeats: int = 3, progress=None):
+    """``bench decode`` as a stored ``bench`` run (table ``decode``, Amdahl bound in the manifest).
+
+    Returns (run, table, bound)."""
+    store.check_writable()
+    before = os.getloadavg()
+    table, bound = decode(model, plan_path, sparsity, n_new, repeats, progress=progress)
+    config = {"model": model, "plan": plan_path, "sparsity": sparsity, "tokens": n_new, "repeats": repeats,
+              "threads": torch.get_num_threads()}
+    return _bench_run(store, "decode", table, config, before, {"amdahl": bound}), table, bound

@@ -74,7 +74,7 @@ def test_bf16_weights_and_inputs():
 
 
 def test_int8_equals_dequantise_then_matmul():
-    from sparsescope.weights.quant import quantize_weight
+    from sparsescope.levers.quant import quantize_weight
 
     g = torch.Generator().manual_seed(2)
     w, x = torch.randn(40, 24, generator=g), torch.randn(1, 24, generator=g)

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from sparsescope.cli._common import app, console, out, MODEL, RUNS_DIR, friendly, load, _show, _frame_table
+from sparsescope.cli._common import app, console, out, MODEL, RUNS_DIR, friendly, load, show
 from sparsescope.errors import UserError
 
 
@@ -51,63 +51,37 @@ def bench(
                   f"{lt['ratio']:.0f}× faster cached")
 
 
-def _store_bench(runs_dir, name: str, table, config: dict, extra: dict | None = None):
-    """Write a ``bench`` run holding one table; the load average before and after goes in the manifest."""
-    import os
-
-    from sparsescope import __version__
-    from sparsescope.store import RunStore
-
-    run = RunStore(runs_dir).create({"kind": "bench", "model": config.get("model", "kernels"), "config": config,
-                                     "package_version": __version__, "loadavg_after": list(os.getloadavg())}
-                                    | (extra or {}))
-    run.finalize({name: table.assign(run_id=run.run_id)})
-    return run
-
-
 def _bench_kernels(repeats: int, runs_dir) -> None:
     """Sparse GEMV vs the best dense path on SmolLM2's shapes and 4096x11008 (`bench kernels`)."""
-    import os
-
     from sparsescope import bench as b
+    from sparsescope.show.terminal import kernel_tables
     from sparsescope.store import RunStore
 
-    RunStore(runs_dir).check_writable()
-    load_before = os.getloadavg()
     with console.status("kernels: torch dense, our dense and sparse GEMVs, interleaved") as st:
-        table = b.kernels(repeats=max(repeats, 5), progress=lambda label: st.update(f"kernels: {label} done"))
-    run = _store_bench(runs_dir, "kernels", table, {"repeats": max(repeats, 5)}, {"loadavg_before": list(load_before)})
-    for value, title in (("speedup_vs_best_dense", "speed-up vs the best dense path (torch or ours, fp32)"),
-                         ("frac_of_ideal", "fraction of the ideal 1/(1-s), against the dense path of the same "
-                                           "format")):
-        shown = table.pivot_table(index=["shape", "kernel"], columns="sparsity", values=value, sort=False)
-        _show(_frame_table(shown.astype(object).where(shown.notna(), ""), f"{title}; medians of interleaved repeats"))
-    out.print(f"load average before {load_before[0]:.1f}, after {os.getloadavg()[0]:.1f} (2 cores); "
-              f"table → {run.path}")
+        run, table = b.kernels_run(RunStore(runs_dir), max(repeats, 5), lambda label: st.update(f"kernels: {label}"))
+    for t in kernel_tables(table):
+        show(t)
+    m = run.manifest
+    out.print(f"load average before {m['loadavg_before'][0]:.1f}, after {m['loadavg_after'][0]:.1f} "
+              f"({m['config']['threads']} threads); table → {run.path}")
 
 
 def _bench_decode(model: str, plan, sparsity: float, tokens: int, repeats: int, runs_dir) -> None:
     """Lean-loop decode tokens/s, dense vs sparse/int8/planned, with Δppl (`bench decode`)."""
-    import os
-
     from sparsescope import bench as b
+    from sparsescope.show.terminal import decode_table
     from sparsescope.store import RunStore
 
-    RunStore(runs_dir).check_writable()
-    load_before = os.getloadavg()
     with console.status("decode: lean loop, configurations interleaved") as st:
-        table, bound = b.decode(model, str(plan) if plan else None, sparsity, tokens, repeats,
-                                progress=lambda label: st.update(f"decode: {label}"))
-    run = _store_bench(runs_dir, "decode", table, {"model": model, "plan": str(plan) if plan else None,
-                                                   "sparsity": sparsity, "tokens": tokens, "repeats": repeats},
-                       {"loadavg_before": list(load_before), "amdahl": bound})
-    shown = table.set_index("config")[["ms_per_token", "tokens_per_s", "speedup", "ppl", "rel_delta_ppl", "kl"]]
-    _show(_frame_table(shown, f"{model}: batch-1 decode, lean loop, {tokens} tokens, medians of {repeats}"))
+        run, table, bound = b.decode_run(RunStore(runs_dir), model, str(plan) if plan else None, sparsity, tokens,
+                                         repeats, lambda label: st.update(f"decode: {label}"))
+    show(decode_table(model, table, f"{tokens} tokens, medians of {repeats}"))
     out.print(f"Amdahl: the LM head is {bound['head_fraction']:.0%} of the weight bytes per token and is not "
               f"input-sparse: activation sparsity {sparsity:.0%} on every block linear can give at most "
               f"{bound['bound_at_s']:.2f}x, any sparsity at most {bound['bound_any_s']:.2f}x (bytes-bound).")
-    out.print(f"load average before {load_before[0]:.1f}, after {os.getloadavg()[0]:.1f} (2 cores); "
-              f"table → {run.path}")
+    m = run.manifest
+    out.print(f"load average before {m['loadavg_before'][0]:.1f}, after {m['loadavg_after'][0]:.1f} "
+              f"({m['config']['threads']} threads); table → {run.path}")
 
 
 @app.command()

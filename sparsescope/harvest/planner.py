@@ -44,8 +44,8 @@ from sparsescope.kernels.timing import TORCH_DENSE, time_cases
 from sparsescope.models.loading import LoadedModel
 from sparsescope.models.sites import linear_weight, parse_site
 from sparsescope.record.calibration import calibrate
-from sparsescope.spiking.energy import LinearCost, energy
-from sparsescope.weights.teal import calibrate_threshold, threshold_input
+from sparsescope.cost import LinearCost, energy
+from sparsescope.levers.teal import teal_threshold, threshold_input
 
 HEAD = "lm_head"  # the table's site name for the (tied) LM head, layer -1
 
@@ -72,6 +72,24 @@ class PlannerConfig:
             raise UserError(f"sparsities must lie in (0, 1), got {list(self.sparsities)}; pass e.g. 0.3,0.5,0.7")
         if self.rounds < 1 or self.repeats < 1:
             raise UserError("rounds and repeats must be ≥ 1")
+
+
+def parse_budget(value: str | float) -> float:
+    """``"5%"`` → 0.05, ``"0.05"`` → 0.05; refuses negatives and non-numbers."""
+    text = str(value).strip()
+    try:
+        budget = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise UserError(f"bad --budget {value!r}; write a relative perplexity increase like 5% or 0.05") from None
+    if not budget >= 0:
+        raise UserError(f"--budget {value!r} is negative; a budget is an allowed perplexity increase ≥ 0, e.g. 5%")
+    return budget
+
+
+def n_steps(lm: LoadedModel, cfg: PlannerConfig) -> int:
+    """Progress ticks ``plan`` makes at most: estimates, one per timed shape, one per measured round."""
+    shapes = {*linear_shapes(lm).values(), tuple(lm.model.get_output_embeddings().weight.shape[::-1])}
+    return 1 + len(shapes) + cfg.rounds * (3 if cfg.compare_teal else 1)
 
 
 def choices(cfg: PlannerConfig, is_head: bool = False) -> dict[str, tuple[str, float]]:
@@ -154,7 +172,7 @@ def quality_estimates(lm: LoadedModel, text: str, calibration: dict, cfg: Planne
             if fmt == "int8" and w8 is None:
                 codes, scale = quantize_int8(w)
                 w8 = codes.float() * scale[:, None]
-            xh = threshold_input(x, calibrate_threshold(calibration[name]["abs_sample"], s)) if s else x
+            xh = threshold_input(x, teal_threshold(calibration[name]["abs_sample"], s)) if s else x
             dy = y - xh @ (w8 if fmt == "int8" else w).T
             est[choice] = float(0.5 * (g2 * dy.pow(2)).sum(dtype=torch.float64) / n)
         out[name] = est
@@ -162,7 +180,7 @@ def quality_estimates(lm: LoadedModel, text: str, calibration: dict, cfg: Planne
 
 
 def _energy_uJ(n_in: int, n_out: int, fmt: str, s: float) -> float:
-    """Modelled energy per token (µJ) of one linear under a choice (``spiking.energy``, weights from DRAM)."""
+    """Modelled energy per token (µJ) of one linear under a choice (``sparsescope.cost``, weights from DRAM)."""
     wb = 8 if fmt == "int8" else 32
     cost = LinearCost("linear", n_in, n_out, weight_bits=wb, act_bits=32, input_density=1 - s)
     return energy(cost, "sparse" if s else "dense", compute_constants(wb, 32, False, False)[1])["total_pJ"] / 1e6

@@ -19,9 +19,9 @@ from sparsescope.errors import UserError
 from sparsescope.intervene import LinearContext, Lever, register_lever
 from sparsescope.kernels import sparse as sp
 from sparsescope.models.sites import linear_weight
+from sparsescope.levers._checks import calibration_stat, check_sparsity
+from sparsescope.levers.teal import teal_threshold
 from sparsescope.spiking import coding
-from sparsescope.weights._checks import check_sparsity
-from sparsescope.weights.teal import calibrate_threshold
 
 KERNEL_ROWS = 16  # tokens per call up to which the GEMV kernel runs; above it a matmul reads the weight once anyway
 LEVER_FORMATS = ("fp32", "int8")
@@ -59,8 +59,5 @@ def sparse(ctx: LinearContext, sparsity: float = 0.5, weights: str = "fp32", spi
     check_sparsity(sparsity, f"sparse {ctx.name}")
     if sparsity == 0:
         return SparseLinear(ctx.name, None, weights, None)
-    sample = (ctx.calibration or {}).get("abs_sample")
-    if sample is None or sample.numel() == 0:
-        raise UserError(f"sparse {ctx.name}: sparsity {sparsity} needs calibration |x| samples; pass "
-                        "calibration=calibrate(lm, texts) to apply()")
-    return SparseLinear(ctx.name, calibrate_threshold(sample, sparsity), weights, None)
+    return SparseLinear(ctx.name, teal_threshold(calibration_stat(ctx, "abs_sample", "sparse"), sparsity), weights,
+                        None)

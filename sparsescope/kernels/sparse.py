@@ -20,11 +20,11 @@ import torch
 
 from sparsescope.errors import UserError
 from sparsescope.kernels.build import load
-from sparsescope.weights.teal import threshold_input
+from sparsescope.levers.teal import threshold_input
 
 FORMATS = ("fp32", "bf16", "int8")
 BACKENDS = ("auto", "kernel", "torch")
-INT8_MAX = 127  # symmetric absmax, as ``weights.quant`` (the code −128 is unused)
+INT8_MAX = 127  # symmetric absmax, as ``levers.quant`` (the code −128 is unused)
 
 
 def native():
@@ -64,7 +64,7 @@ class Packed:
 def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-output-channel symmetric absmax int8: (codes [out, in] int8, scales [out] fp32).
 
-    ``codes * scales[:, None]`` equals ``weights.quant.quantize_weight(W, 8)`` exactly, so the int8 kernel's quality
+    ``codes * scales[:, None]`` equals ``levers.quant.quantize_weight(W, 8)`` exactly, so the int8 kernel's quality
     is what the ``quant`` lever measures.
     """
     w = weight.detach().float()
