@@ -26,8 +26,9 @@ def _seconds(fn, inputs: list, calls: int) -> float:
 
 
 def time_cases(n_in: int, n_out: int, cases: list[tuple[str, str, float]], repeats: int = 7, masks: int = 8,
-               target_s: float = 0.01, seed: int = 0) -> dict[tuple[str, str, float], float]:
-    """Median seconds per call of y = W x for W [n_out, n_in], per case ``(backend, fmt, sparsity)``.
+               target_s: float = 0.01, seed: int = 0, stat=statistics.median) -> dict[tuple[str, str, float], float]:
+    """Seconds per call of y = W x for W [n_out, n_in] (``stat`` over repeats, the median by default), per case
+    ``(backend, fmt, sparsity)``.
 
     backend ``torch``: ``F.linear`` on the ordinary [out, in] fp32 weight (dense only); ``ours``: our GEMV on the
     packed weight, dense when sparsity is 0, else sparse over the exact zeros of x. Every case runs once per
@@ -59,4 +60,4 @@ def time_cases(n_in: int, n_out: int, cases: list[tuple[str, str, float]], repea
     for _ in range(repeats):
         for c in cases:
             times[c].append(_seconds(fns[c], inputs[c[2]], calls[c]))
-    return {c: statistics.median(v) for c, v in times.items()}
+    return {c: stat(v) for c, v in times.items()}
