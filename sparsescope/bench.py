@@ -18,6 +18,7 @@ import time
 
 import torch
 
+from sparsescope.errors import UserError
 from sparsescope.models import load_model
 from sparsescope.probes import load_suites
 from sparsescope.record import RecordConfig, Recorder
@@ -107,10 +108,12 @@ KERNEL_SHAPES = ((576, 576), (576, 192), (576, 1536), (1536, 576), (4096, 11008)
 KERNEL_SPARSITIES = (0.3, 0.5, 0.7, 0.9)
 
 
-def kernels(shapes=KERNEL_SHAPES, sparsities=KERNEL_SPARSITIES, repeats: int = 7, progress=None):
+def kernels(shapes=KERNEL_SHAPES, sparsities=KERNEL_SPARSITIES, repeats: int = 7, progress=None,
+            cpu_time: bool = False):
     """Kernel table per (in, out) shape: torch dense, our dense, our sparse at each s, fp32 and int8 weights.
 
-    Timed side by side by ``kernels.timing.time_cases`` (interleaved repeats, medians, rotating masks).
+    Timed side by side by ``kernels.timing.time_cases`` (interleaved repeats, medians, rotating masks); with
+    ``cpu_time`` by the process's CPU time (meaningful with one thread on a loaded machine).
     ``speedup_vs_best_dense``: against the faster of torch dense (``F.linear``) and our dense fp32.
     ``frac_of_ideal``: the speed-up over the dense path of the same weight format (best fp32 dense; our int8
     dense for int8) divided by the ideal 1/(1−s).
@@ -123,7 +126,8 @@ def kernels(shapes=KERNEL_SHAPES, sparsities=KERNEL_SPARSITIES, repeats: int = 7
     cases += [("ours", fmt, s) for s in sparsities for fmt in ("fp32", "int8")]
     rows = []
     for n_in, n_out in shapes:
-        med = time_cases(n_in, n_out, cases, repeats=repeats)
+        clock = time.process_time if cpu_time else time.perf_counter
+        med = time_cases(n_in, n_out, cases, repeats=repeats, clock=clock)
         best = min(med[TORCH_DENSE], med[("ours", "fp32", 0.0)])
         same = {"fp32": best, "int8": med[("ours", "int8", 0.0)]}
         for (backend, fmt, s), sec in med.items():
@@ -133,7 +137,7 @@ def kernels(shapes=KERNEL_SHAPES, sparsities=KERNEL_SPARSITIES, repeats: int = 7
                          "kernel": kernel, "seconds": sec, "speedup_vs_best_dense": best / sec,
                          "frac_of_ideal": same[fmt] / sec * (1 - s),
                          "gb_per_s": round((1 - s) * n_in) * n_out * (1 if fmt == "int8" else 4) / sec / 1e9,
-                         "repeats": repeats})
+                         "repeats": repeats, "clock": "cpu" if cpu_time else "wall"})
         if progress:
             progress(f"{n_in}x{n_out}")
     return pd.DataFrame(rows)
@@ -200,12 +204,15 @@ def _bench_run(store, table_name: str, table, config: dict, load_before: tuple, 
     return run
 
 
-def kernels_run(store, repeats: int = 7, progress=None):
+def kernels_run(store, repeats: int = 7, progress=None, cpu_time: bool = False):
     """``bench kernels`` as a stored ``bench`` run (table ``kernels``); returns (run, table)."""
     store.check_writable()
+    if cpu_time and torch.get_num_threads() > 1:
+        raise UserError("--cpu-time adds up the CPU time of every thread; run it with OMP_NUM_THREADS=1")
     before = os.getloadavg()
-    table = kernels(repeats=repeats, progress=progress)
-    return _bench_run(store, "kernels", table, {"repeats": repeats, "threads": torch.get_num_threads()}, before), table
+    table = kernels(repeats=repeats, progress=progress, cpu_time=cpu_time)
+    config = {"repeats": repeats, "threads": torch.get_num_threads(), "clock": "cpu" if cpu_time else "wall"}
+    return _bench_run(store, "kernels", table, config, before), table
 
 
 def decode_run(store, model: str = "smollm2-135m", plan_path: str | None = None, sparsity: float = 0.5,

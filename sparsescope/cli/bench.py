@@ -21,6 +21,7 @@ def bench(
     plan: Optional[Path] = typer.Option(None, help="decode: also time this plan.yaml (from `sparsescope plan`)."),
     sparsity: float = typer.Option(0.5, help="decode: TEAL sparsity of the uniform sparse configurations."),
     tokens: int = typer.Option(32, help="decode: tokens generated per repeat."),
+    cpu_time: bool = typer.Option(False, help="kernels: time by this process's CPU time (with OMP_NUM_THREADS=1)."),
     runs_dir: Optional[Path] = RUNS_DIR,
 ):
     """Side-by-side benchmarks printed as ratios: recording overhead, memory vs tokens, cached vs GGUF load."""
@@ -29,7 +30,7 @@ def bench(
     if what not in ("record", "memory", "load", "all", "kernels", "decode"):
         raise UserError(f"unknown benchmark {what!r}; choose record, memory, load, all, kernels or decode")
     if what == "kernels":
-        return _bench_kernels(repeats, runs_dir)
+        return _bench_kernels(repeats, runs_dir, cpu_time)
     if what == "decode":
         return _bench_decode(model, plan, sparsity, tokens, repeats, runs_dir)
     if what in ("record", "all"):
@@ -51,14 +52,15 @@ def bench(
                   f"{lt['ratio']:.0f}× faster cached")
 
 
-def _bench_kernels(repeats: int, runs_dir) -> None:
+def _bench_kernels(repeats: int, runs_dir, cpu_time: bool) -> None:
     """Sparse GEMV vs the best dense path on SmolLM2's shapes and 4096x11008 (`bench kernels`)."""
     from sparsescope import bench as b
     from sparsescope.show.terminal import kernel_tables
     from sparsescope.store import RunStore
 
     with console.status("kernels: torch dense, our dense and sparse GEMVs, interleaved") as st:
-        run, table = b.kernels_run(RunStore(runs_dir), max(repeats, 5), lambda label: st.update(f"kernels: {label}"))
+        run, table = b.kernels_run(RunStore(runs_dir), max(repeats, 5), lambda label: st.update(f"kernels: {label}"),
+                                   cpu_time)
     for t in kernel_tables(table):
         show(t)
     m = run.manifest
