@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -158,14 +159,15 @@ def amdahl(lm, sparsity: float) -> dict:
             "bound_at_s": 1 / (f + (1 - f) * (1 - sparsity)), "bound_any_s": 1 / f, "sparsity": sparsity}
 
 
-def decode(model: str = "smollm2-135m", plan_path: str | None = None, sparsity: float = 0.5, n_new: int = 32,
-           repeats: int = 3, eval_tokens: int = 1024, calib_tokens: int = 1024, progress=None):
+def decode(model: str = "smollm2-135m", plans: list[str] | None = None, sparsity: float = 0.5, n_new: int = 32,
+           repeats: int = 3, eval_tokens: int = 1024, calib_tokens: int = 1024, progress=None,
+           cpu_time: bool = False):
     """Decode tokens/s in the lean loop, dense vs sparse/int8/planned, with each configuration's Δppl.
 
     Dense twice (torch ``F.linear`` modules, and our dense GEMV on every linear and the head): the faster one is
     the baseline of ``speedup``. Then TEAL at ``sparsity`` on every block linear (our kernel), int8 weights
-    (with an int8 head), int8 + TEAL, and the plan in ``plan_path``; HF ``generate`` for reference.
-    Returns (table, Amdahl bounds).
+    (with an int8 head), int8 + TEAL, and each plan file in ``plans``; HF ``generate`` for reference.
+    ``cpu_time``: time by the process's CPU time (one thread). Returns (table, Amdahl bounds).
     """
     from sparsescope.eval import Evaluator
     from sparsescope.harvest.decode import dense_configs, measure
@@ -180,16 +182,17 @@ def decode(model: str = "smollm2-135m", plan_path: str | None = None, sparsity: 
                "int8": (Plan([Rule("sparse", {"sparsity": 0.0, "weights": "int8"})]), "int8"),
                f"int8 + TEAL {sparsity:.0%}": (Plan([Rule("sparse", {"sparsity": sparsity, "weights": "int8"})]),
                                                "int8")}
-    if plan_path:
-        hp = HarvestPlan.from_yaml(plan_path)
+    for path in plans or []:
+        hp = HarvestPlan.from_yaml(path)
         hp.check(lm)
-        configs[f"planned ({hp.plan.name})"] = (hp.plan, hp.lm_head)
+        configs[f"planned {Path(path).name} ({hp.plan.name})"] = (hp.plan, hp.lm_head)
     heldout = load_text("heldout")
     evaluator = Evaluator(lm, heldout, max_tokens=eval_tokens)
     evaluator.reference()
     calibration = calibrate(lm, load_text("calibration"), max_tokens=calib_tokens)
     prompt = lm.tokenizer(heldout)["input_ids"][:16]
-    table = measure(lm, configs, prompt, n_new, repeats, evaluator, calibration, progress=progress)
+    table = measure(lm, configs, prompt, n_new, repeats, evaluator, calibration, progress=progress,
+                    clock=time.process_time if cpu_time else time.perf_counter)
     return table, amdahl(lm, sparsity)
 
 
@@ -215,14 +218,16 @@ def kernels_run(store, repeats: int = 7, progress=None, cpu_time: bool = False):
     return _bench_run(store, "kernels", table, config, before), table
 
 
-def decode_run(store, model: str = "smollm2-135m", plan_path: str | None = None, sparsity: float = 0.5,
-               n_new: int = 32, repeats: int = 3, progress=None):
+def decode_run(store, model: str = "smollm2-135m", plans: list[str] | None = None, sparsity: float = 0.5,
+               n_new: int = 32, repeats: int = 3, progress=None, cpu_time: bool = False):
     """``bench decode`` as a stored ``bench`` run (table ``decode``, Amdahl bound in the manifest).
 
     Returns (run, table, bound)."""
     store.check_writable()
+    if cpu_time and torch.get_num_threads() > 1:
+        raise UserError("--cpu-time adds up the CPU time of every thread; run it with OMP_NUM_THREADS=1")
     before = os.getloadavg()
-    table, bound = decode(model, plan_path, sparsity, n_new, repeats, progress=progress)
-    config = {"model": model, "plan": plan_path, "sparsity": sparsity, "tokens": n_new, "repeats": repeats,
-              "threads": torch.get_num_threads()}
+    table, bound = decode(model, plans, sparsity, n_new, repeats, progress=progress, cpu_time=cpu_time)
+    config = {"model": model, "plans": plans, "sparsity": sparsity, "tokens": n_new, "repeats": repeats,
+              "threads": torch.get_num_threads(), "clock": "cpu" if cpu_time else "wall"}
     return _bench_run(store, "decode", table, config, before, {"amdahl": bound}), table, bound

@@ -18,10 +18,10 @@ def bench(
     model: str = MODEL,
     suite: str = typer.Option("prose", help="Suite whose prompts are recorded."),
     repeats: int = typer.Option(3, help="Repeats per side (medians are reported)."),
-    plan: Optional[Path] = typer.Option(None, help="decode: also time this plan.yaml (from `sparsescope plan`)."),
+    plan: Optional[list[Path]] = typer.Option(None, help="decode: also time this plan.yaml (repeatable)."),
     sparsity: float = typer.Option(0.5, help="decode: TEAL sparsity of the uniform sparse configurations."),
     tokens: int = typer.Option(32, help="decode: tokens generated per repeat."),
-    cpu_time: bool = typer.Option(False, help="kernels: time by this process's CPU time (with OMP_NUM_THREADS=1)."),
+    cpu_time: bool = typer.Option(False, help="kernels/decode: time by this process's CPU time (OMP_NUM_THREADS=1)."),
     runs_dir: Optional[Path] = RUNS_DIR,
 ):
     """Side-by-side benchmarks printed as ratios: recording overhead, memory vs tokens, cached vs GGUF load."""
@@ -32,7 +32,7 @@ def bench(
     if what == "kernels":
         return _bench_kernels(repeats, runs_dir, cpu_time)
     if what == "decode":
-        return _bench_decode(model, plan, sparsity, tokens, repeats, runs_dir)
+        return _bench_decode(model, plan, sparsity, tokens, repeats, runs_dir, cpu_time)
     if what in ("record", "all"):
         with console.status("recording overhead: plain forward vs recording, interleaved"):
             r = b.record_overhead(model, suite, repeats)
@@ -68,15 +68,15 @@ def _bench_kernels(repeats: int, runs_dir, cpu_time: bool) -> None:
               f"({m['config']['threads']} threads); table → {run.path}")
 
 
-def _bench_decode(model: str, plan, sparsity: float, tokens: int, repeats: int, runs_dir) -> None:
+def _bench_decode(model: str, plans, sparsity: float, tokens: int, repeats: int, runs_dir, cpu_time: bool) -> None:
     """Lean-loop decode tokens/s, dense vs sparse/int8/planned, with Δppl (`bench decode`)."""
     from sparsescope import bench as b
     from sparsescope.show.terminal import decode_table
     from sparsescope.store import RunStore
 
     with console.status("decode: lean loop, configurations interleaved") as st:
-        run, table, bound = b.decode_run(RunStore(runs_dir), model, str(plan) if plan else None, sparsity, tokens,
-                                         repeats, lambda label: st.update(f"decode: {label}"))
+        run, table, bound = b.decode_run(RunStore(runs_dir), model, [str(p) for p in plans or []], sparsity, tokens,
+                                         repeats, lambda label: st.update(f"decode: {label}"), cpu_time)
     show(decode_table(model, table, f"{tokens} tokens, medians of {repeats}"))
     out.print(f"Amdahl: the LM head is {bound['head_fraction']:.0%} of the weight bytes per token and is not "
               f"input-sparse: activation sparsity {sparsity:.0%} on every block linear can give at most "
