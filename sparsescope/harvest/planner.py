@@ -25,6 +25,7 @@ import contextlib
 import functools
 import json
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -48,6 +49,7 @@ from sparsescope.cost import LinearCost, energy
 from sparsescope.levers.teal import teal_threshold, threshold_input
 
 HEAD = "lm_head"  # the table's site name for the (tied) LM head, layer -1
+COLD_BYTES = 48 << 20  # weight copies cycled while timing: more than this CPU's 32 MiB L3
 
 
 @dataclass
@@ -110,13 +112,14 @@ def kernel_times(shapes: Sequence[tuple[int, int]], cfg: PlannerConfig, progress
     """``{(in, out): {case: seconds}}`` for every distinct shape, cases as ``kernels.timing``.
 
     The planner takes the fastest of the interleaved repeats: it needs what a kernel costs, and on a shared
-    machine the slower repeats measure the other processes (reported benchmarks keep medians).
+    machine the slower repeats measure the other processes (reported benchmarks keep medians). Weights are
+    timed cold (``COLD_BYTES`` of copies, more than the last-level cache), as decode reads them.
     """
     fmts = ("fp32", "int8") if cfg.int8 else ("fp32",)
     cases = [TORCH_DENSE] + [("ours", f, s) for f in fmts for s in (0.0, *cfg.sparsities)]
     out = {}
     for shape in dict.fromkeys(shapes):
-        out[shape] = time_cases(*shape, cases, repeats=cfg.repeats, stat=min)
+        out[shape] = time_cases(*shape, cases, repeats=cfg.repeats, stat=min, cold_bytes=COLD_BYTES)
         if progress:
             progress(f"timed {shape[0]}x{shape[1]}")
     return out
@@ -450,9 +453,10 @@ def plan(lm: LoadedModel, heldout: str | Sequence[str], calibration_text: str, c
 
 
 def decode_check(lm: LoadedModel, hp: HarvestPlan, heldout: str | Sequence[str], calibration_text: str,
-                 n_new: int = 32, repeats: int = 3, cfg: PlannerConfig = PlannerConfig(), progress=None
-                 ) -> pd.DataFrame:
-    """``plan --apply``: the plan's real Δppl and decode speed in the lean loop, beside both dense paths."""
+                 n_new: int = 32, repeats: int = 3, cfg: PlannerConfig = PlannerConfig(), progress=None,
+                 cpu_time: bool = False) -> pd.DataFrame:
+    """``plan --apply``: the plan's real Δppl and decode speed in the lean loop, beside both dense paths
+    (``cpu_time``: timed by the process's CPU time, for one thread on a loaded machine)."""
     hp.check(lm)
     evaluator = Evaluator(lm, heldout, seq_len=cfg.seq_len, max_tokens=cfg.eval_tokens)
     evaluator.reference()
@@ -460,4 +464,4 @@ def decode_check(lm: LoadedModel, hp: HarvestPlan, heldout: str | Sequence[str],
     text = heldout if isinstance(heldout, str) else "\n\n".join(heldout)
     configs = dense_configs() | {"planned": (hp.plan, hp.lm_head)}
     return measure(lm, configs, lm.tokenizer(text)["input_ids"][:16], n_new, repeats, evaluator, calibration,
-                   progress=progress)
+                   progress=progress, clock=time.process_time if cpu_time else time.perf_counter)

@@ -2,11 +2,15 @@
 
 Shared by ``sparsescope bench kernels`` (the table) and the harvest planner (the time each choice saves).
 Inputs rotate through several random masks with exactly ``round(s·in)`` zeros, so the rows a sparse call needs
-do not stay in cache from one call to the next (a fixed mask at s = 0.9 would inflate the speed-up).
+do not stay in cache from one call to the next (a fixed mask at s = 0.9 would inflate the speed-up). With
+``cold_bytes`` the calls also rotate through enough copies of the weight to exceed the last-level cache, as in
+decode, where a model's weights stream from DRAM: a small weight timed alone sits in cache, where reading fewer
+bytes (sparse, int8) saves little and the fixed per-call cost dominates.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 
@@ -26,8 +30,8 @@ def _seconds(fn, inputs: list, calls: int, clock=time.perf_counter) -> float:
 
 
 def time_cases(n_in: int, n_out: int, cases: list[tuple[str, str, float]], repeats: int = 7, masks: int = 8,
-               target_s: float = 0.01, seed: int = 0, stat=statistics.median, clock=time.perf_counter
-               ) -> dict[tuple[str, str, float], float]:
+               target_s: float = 0.01, seed: int = 0, stat=statistics.median, clock=time.perf_counter,
+               cold_bytes: int = 0) -> dict[tuple[str, str, float], float]:
     """Seconds per call of y = W x for W [n_out, n_in] (``stat`` over repeats, the median by default), per case
     ``(backend, fmt, sparsity)``. ``clock=time.process_time`` counts only the CPU time this process got (for
     single-threaded runs on a shared machine: time spent descheduled is left out; memory contention is not).
@@ -38,7 +42,9 @@ def time_cases(n_in: int, n_out: int, cases: list[tuple[str, str, float]], repea
     """
     gen = torch.Generator().manual_seed(seed)
     W = torch.randn(n_out, n_in, generator=gen) / n_in ** 0.5
-    packed = {fmt: sp.pack(W, fmt=fmt) for fmt in {c[1] for c in cases if c[0] == "ours"}}
+    copies = max(1, math.ceil(cold_bytes / (n_in * n_out)))  # counted in int8 bytes: every format exceeds it
+    Ws = [W] + [W.clone() for _ in range(copies - 1)]
+    packed = {fmt: [sp.pack(w, fmt=fmt) for w in Ws] for fmt in {c[1] for c in cases if c[0] == "ours"}}
     base = [torch.randn(1, n_in, generator=gen) for _ in range(masks)]
     inputs = {}
     for s in {c[2] for c in cases}:
@@ -49,9 +55,11 @@ def time_cases(n_in: int, n_out: int, cases: list[tuple[str, str, float]], repea
 
     def fn(case):
         backend, fmt, s = case
+        turn = iter(range(1 << 62))
         if backend == "torch":
-            return lambda x: F.linear(x, W)
-        return (lambda x: sp.linear(packed[fmt], x)) if s == 0 else (lambda x: sp.linear(packed[fmt], x, 0.0))
+            return lambda x: F.linear(x, Ws[next(turn) % copies])
+        threshold = None if s == 0 else 0.0
+        return lambda x: sp.linear(packed[fmt][next(turn) % copies], x, threshold)
 
     fns = {c: fn(c) for c in cases}
     calls = {}
