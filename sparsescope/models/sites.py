@@ -279,6 +279,36 @@ class SiteMap:
         module = block.get_submodule(spec.module) if spec.module else block
         return module, spec.io, _pattern if site == "attn.hook_pattern" else _first
 
+    def attach(self, layer: int, site: str, fn: Callable[[torch.Tensor], "torch.Tensor | None"]):
+        """Call ``fn`` on the tensor at ``blocks.{layer}.{site}`` on every forward; a returned tensor replaces it.
+
+        The one hook mechanism of the package: the recorder observes through it (``fn`` returns None) and
+        ablation/patching replaces through it. Returns the handle to ``remove()``.
+        """
+        module, io, extract = self.hook(layer, site)
+
+        def call(raw):
+            t = extract(raw)
+            if t is None and site == "attn.hook_pattern":
+                raise UserError("attn.hook_pattern needs eager attention; load the model with "
+                                "attn_implementation='eager' or drop the site")
+            return None if t is None else fn(t)
+
+        if io == "output":
+            def post(mod, args, out):
+                new = call(out)
+                if new is None:
+                    return None
+                return new if isinstance(out, torch.Tensor) else (new, *out[1:])
+            return module.register_forward_hook(post)
+
+        def pre(mod, args, kwargs):
+            new = call(args[0] if args else kwargs["hidden_states"])
+            if new is None:
+                return None
+            return ((new, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": new})
+        return module.register_forward_pre_hook(pre, with_kwargs=True)
+
     def linear(self, layer: int, wsite: str) -> nn.Module:
         """The linear module holding weight site ``blocks.{layer}.{wsite}`` (shared for fused q/k/v)."""
         self.check_layer(layer)
