@@ -122,8 +122,9 @@ class Patcher:
                                                 lambda x, g=g: inputs.__setitem__(g.layer, x)))
 
                     def block(x, g=g):
-                        new = fn(g, x - inputs[g.layer])
-                        return None if new is None else inputs[g.layer] + new
+                        delta = x - inputs[g.layer]
+                        new = fn(g, delta)
+                        return None if new is None else x + (new - delta)  # exactly x when new is delta
                     handles.append(sites.attach(g.layer, g.site, block))
                 else:
                     def node(x, g=g):
