@@ -257,3 +257,26 @@ def test_smollm2_does_ioi_and_eap_ig_tracks_exact_on_top_heads():
     lm = load_model("smollm2-135m")
     perf = measure(lm, "ioi", n=8)
     assert perf.accuracy > 0.75 and not perf.at_chance
+
+
+def test_discover_writes_the_contract_tables(lm, monkeypatch):
+    """The whole discovery path on a tiny model (its at-chance refusal switched off): every contract column, f = 1
+    at 100 % for every method, a random baseline, the chosen circuit as large as the scores say."""
+    from sparsescope.circuits import tasks
+
+    monkeypatch.setattr(tasks.Performance, "check", lambda self: None)
+    cfg = DiscoverConfig(methods=("eap", "eap_ig", "mask"), n=4, random_seeds=2, steps=2, validate=4,
+                         mask=MaskConfig(steps=2), sizes=(10, 50, 100))
+    t = discover(lm, "induction", cfg)
+    contract = {"tasks": ["task", "n_prompts", "accuracy", "chance", "logit_diff", "at_chance"],
+                "effects": ["task", "method", "layer", "kind", "index", "effect"],
+                "faithfulness": ["task", "method", "size_frac", "faithfulness", "n_components"],
+                "scores": ["task", "method", "cpr", "cmd", "necessity", "sufficiency", "random_cpr", "random_cmd"],
+                "circuit": ["task", "method", "layer", "kind", "index", "score"]}
+    for name, cols in contract.items():
+        assert set(cols) <= set(t[name].columns), name
+    full = t["faithfulness"][t["faithfulness"]["size_frac"] == 1.0]
+    assert (full["faithfulness"] == 1.0).all() and set(full["method"]) == {"eap", "eap_ig", "mask", "random"}
+    sizes = t["circuit"].groupby("method").size()
+    assert (sizes == t["scores"].set_index("method")["n_components"]).all()
+    assert set(t["validation"]["method"]) == {"eap", "eap_ig"}

@@ -94,11 +94,13 @@ def _node_frame(patcher: Patcher, values: torch.Tensor, **cols) -> pd.DataFrame:
 
 
 def discover(lm: LoadedModel, task: str, cfg: DiscoverConfig, progress: Progress | None = None,
-             variant: str = "dense") -> dict[str, pd.DataFrame]:
-    """Rank nodes with every method, pick circuits, score them on held-out prompts; returns the run's tables."""
+             variant: str = "dense", perf: Performance | None = None) -> dict[str, pd.DataFrame]:
+    """Rank nodes with every method, pick circuits, score them on held-out prompts; returns the run's tables.
+
+    Refuses (UserError) a task the model performs at chance; ``perf`` passes an already measured performance."""
     check_methods(cfg.methods)
     train, test = split_data(lm, task, cfg)
-    perf = measure(lm, task, cfg.n, cfg.seed, cfg.batch_size)
+    perf = perf or measure(lm, task, cfg.n, cfg.seed, cfg.batch_size)
     perf.check()
     reference = train if cfg.reference == "train" else test
     patcher = Patcher(lm, cfg.level, cfg.ablation, reference if cfg.ablation == "mean" else None, cfg.batch_size)
@@ -307,7 +309,10 @@ def run_discovery(lm: LoadedModel, tasks: list[str], cfg: DiscoverConfig, progre
     """:func:`discover` for every task (refusing any task at chance before spending time on the others)."""
     for task in tasks:
         check_task(task)
-    parts = [discover(lm, task, cfg, progress, variant) for task in tasks]
+    perfs = [measure(lm, task, cfg.n, cfg.seed, cfg.batch_size) for task in tasks]
+    for perf in perfs:
+        perf.check()
+    parts = [discover(lm, task, cfg, progress, variant, perf) for task, perf in zip(tasks, perfs)]
     return {name: pd.concat([p[name] for p in parts if name in p], ignore_index=True)
             for name in dict.fromkeys(n for p in parts for n in p)}
 
