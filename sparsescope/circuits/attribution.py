@@ -65,7 +65,7 @@ def _embeddings(patcher: Patcher, ids: torch.Tensor, mask: torch.Tensor) -> torc
 
 def attribute(patcher: Patcher, prepared, steps: int = 1,
               progress: Callable[[int], None] | None = None) -> torch.Tensor:
-    """EAP (``steps=1``) or EAP-IG (``steps > 1``): ``Σ (r − a) · mean_α ∂m/∂a`` per node, mean over prompts."""
+    """EAP (``steps=1``) or EAP-IG (``steps > 1``): ``Σ (r − a) · mean_α ∂m/∂a`` per node, mean of prompts."""
     if steps < 1:
         raise UserError(f"integrated-gradient steps must be ≥ 1; got {steps}")
     scores = torch.zeros(patcher.n_nodes)

@@ -7,8 +7,8 @@ A node is a component whose output can be swapped: an attention head, an MLP, an
 
 per node unit, with ``r`` the reference: the node's activation on the corrupted prompt (counterfactual patching,
 the default), its mean over a stated reference set (mean ablation) or zero. ``keep`` may be a float tensor with
-gradients (learned masks); with a fixed ``direction`` d the update is ``a + c · d`` and ``∂m/∂c`` is the attribution
-score (EAP, EAP-IG).
+gradients (learned masks); with a fixed ``direction`` d the update is ``a + c · d`` and ``∂m/∂c`` is the
+attribution score (EAP, EAP-IG).
 
 Heads and grouped-query attention: a head's node is its slice of the ``o_proj`` input ``attn.hook_z`` — the
 per-query-head attention output ``[heads × head_dim]`` before the output projection. With GQA (SmolLM2: 9 query

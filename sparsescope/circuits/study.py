@@ -254,12 +254,17 @@ def score_circuit(lm: LoadedModel, task: str, nodes: pd.DataFrame, level: str, c
                 necessity=scores.necessity(patcher, prepared, keep, e), m_full=e.full, m_empty=e.empty)
 
 
+def component_name(layer: int, kind: str, index: int) -> str:
+    """The CLI spelling of a node (inverse of :func:`~sparsescope.circuits.patch.parse_components`)."""
+    suffix = {"head": f"H{index}", "neuron": f"N{index}", "mlp": ".mlp", "layer": ""}[kind]
+    return f"L{layer}{suffix}"
+
+
 # -- figures -------------------------------------------------------------------------------------------------------
 def effect_heatmap(effects: pd.DataFrame, method: str = "eap_ig", top: int = 40) -> go.Figure:
     """Components (the ``top`` with the largest |effect| in any task) × tasks, coloured by effect."""
     e = effects[(effects["method"] == method) & (effects["variant"] == "dense")].copy()
-    e["component"] = [f"L{r.layer}{'H' + str(r.index) if r.kind == 'head' else '.' + r.kind if r.kind != 'neuron' else 'N' + str(r.index)}"
-                      for r in e.itertuples()]
+    e["component"] = [component_name(r.layer, r.kind, r.index) for r in e.itertuples()]
     grid = e.pivot_table(index="component", columns="task", values="effect")
     keep = grid.abs().max(axis=1).sort_values(ascending=False).index[:top]
     return px.imshow(grid.loc[keep], aspect="auto", color_continuous_scale="RdBu", color_continuous_midpoint=0,
