@@ -250,7 +250,7 @@ def test_cli_refuses_a_task_at_chance_in_one_line(model_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_smollm2_does_ioi_and_eap_ig_tracks_exact_on_top_heads():
+def test_smollm2_does_ioi_above_chance():
     from sparsescope.circuits.study import measure
     from sparsescope.models import load_model
 

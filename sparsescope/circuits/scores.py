@@ -57,22 +57,47 @@ def area(x: list[float], y: list[float]) -> float:
     return float(np.trapezoid(y, x)) if hasattr(np, "trapezoid") else float(np.trapz(y, x))
 
 
-def curve(patcher: Patcher, prepared, keeps: list[torch.Tensor], e: Ends) -> list[float]:
-    return [e.f(patcher.metric(prepared, k)) for k in keeps]
+class Curve:
+    """Faithfulness of the top-k circuits of one ranking, each k measured once (MIB's small sizes often round to the
+    same k; k = all nodes is m(N) itself)."""
+
+    def __init__(self, patcher: Patcher, prepared, scores: torch.Tensor, e: Ends,
+                 progress: Callable[[int], None] | None = None):
+        self.patcher, self.prepared, self.scores, self.e, self.progress = patcher, prepared, scores, e, progress
+        self.metric: dict[int, float] = {patcher.n_nodes: e.full}
+
+    def f(self, k: int) -> float:
+        if k not in self.metric:
+            self.metric[k] = self.patcher.metric(self.prepared, top_k(self.scores, k))
+            if self.progress:
+                self.progress(1)
+        return self.e.f(self.metric[k])
+
+    def table(self, sizes: tuple[float, ...] = SIZES_PCT) -> pd.DataFrame:
+        """``size_pct, size_frac, n_components, faithfulness`` at every size."""
+        n = self.patcher.n_nodes
+        return pd.DataFrame([dict(size_pct=pct, size_frac=pct / 100, n_components=n_components(pct, n),
+                                  faithfulness=self.f(n_components(pct, n))) for pct in sizes])
+
+    def smallest(self, sizes: tuple[float, ...] = SIZES_PCT, target: float = TARGET) -> int:
+        """Nodes in the smallest circuit of ``sizes`` reaching ``target``, by bisection (f is taken as increasing
+        with size; ~log2(sizes) evaluations instead of all). All nodes (f = 1) always qualifies."""
+        ks = sorted({n_components(pct, self.patcher.n_nodes) for pct in sizes} | {self.patcher.n_nodes})
+        lo, hi = 0, len(ks) - 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self.f(ks[mid]) >= target:
+                hi = mid
+            else:
+                lo = mid + 1
+        return ks[lo]
 
 
 def faithfulness_curve(patcher: Patcher, prepared, scores: torch.Tensor, e: Ends,
                        sizes: tuple[float, ...] = SIZES_PCT, progress: Callable[[int], None] | None = None
                        ) -> pd.DataFrame:
     """``size_pct, size_frac, n_components, faithfulness`` of the top-k circuits of ``scores``."""
-    rows = []
-    for pct in sizes:
-        k = n_components(pct, patcher.n_nodes)
-        rows.append(dict(size_pct=pct, size_frac=pct / 100, n_components=k,
-                         faithfulness=e.f(patcher.metric(prepared, top_k(scores, k)))))
-        if progress:
-            progress(1)
-    return pd.DataFrame(rows)
+    return Curve(patcher, prepared, scores, e, progress).table(sizes)
 
 
 def cpr_cmd(table: pd.DataFrame) -> tuple[float, float]:
@@ -89,12 +114,6 @@ def random_curves(patcher: Patcher, prepared, e: Ends, seeds: int = 5, sizes: tu
         scores = torch.rand(patcher.n_nodes, generator=torch.Generator().manual_seed(seed))
         frames.append(faithfulness_curve(patcher, prepared, scores, e, sizes, progress).assign(seed=seed))
     return pd.concat(frames, ignore_index=True)
-
-
-def chosen_size(table: pd.DataFrame, target: float = TARGET) -> int:
-    """Nodes in the smallest circuit of a curve whose faithfulness reaches ``target`` (all nodes if none does)."""
-    hit = table[table["faithfulness"] >= target]
-    return int(hit["n_components"].min()) if len(hit) else int(table["n_components"].max())
 
 
 def necessity(patcher: Patcher, prepared, keep: torch.Tensor, e: Ends) -> float:

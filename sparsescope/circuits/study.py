@@ -1,7 +1,7 @@
 """The ``circuits`` experiment: task performance, discovery with every method, held-out scores, modularity.
 
 Discovery ranks nodes on the ``train`` prompts; the chosen circuit size is the smallest MIB size whose faithfulness
-on ``train`` reaches :data:`~sparsescope.circuits.scores.TARGET`; every reported score (curve, CPR, CMD, necessity,
+on ``train`` reaches :data:`~sparsescope.circuits.scores.TARGET` (found by bisection); every reported score (curve, CPR, CMD, necessity,
 sufficiency, random baseline) is measured on the disjoint ``test`` prompts. Tables follow the run-store contract
 (``tasks``, ``effects``, ``faithfulness``, ``scores``, ``circuit``, ``overlap``) plus ``validation`` and ``firing``.
 """
@@ -85,7 +85,7 @@ def work(cfg: DiscoverConfig, n_nodes: int) -> int:
     """Patched forwards (or gradient passes) one task's discovery takes, for progress bars."""
     batches = -(-cfg.n // cfg.batch_size)
     per_method = {"exact": n_nodes, "eap": batches, "eap_ig": batches * cfg.steps, "mask": cfg.mask.steps}
-    curves = len(cfg.sizes) * (2 * len(cfg.methods) + cfg.random_seeds)
+    curves = len(cfg.sizes) * (len(cfg.methods) + cfg.random_seeds) + 4 * len(cfg.methods)  # at most
     return sum(per_method[m] for m in cfg.methods) + curves + cfg.validate
 
 
@@ -125,11 +125,10 @@ def discover(lm: LoadedModel, task: str, cfg: DiscoverConfig, progress: Progress
             shown = ranking
         seconds = time.perf_counter() - start
         effects.append(_node_frame(patcher, shown, method=method, seconds=seconds, **tag))
-        fit = scores.faithfulness_curve(patcher, p_train, ranking, e_train, cfg.sizes, progress)
+        fit = scores.Curve(patcher, p_train, ranking, e_train, progress)
+        k = fit.smallest(cfg.sizes)
         held = scores.faithfulness_curve(patcher, p_test, ranking, e_test, cfg.sizes, progress)
-        curves += [fit.assign(method=method, split="train", seed=-1, **tag),
-                   held.assign(method=method, split="test", seed=-1, **tag)]
-        k = scores.chosen_size(fit)
+        curves.append(held.assign(method=method, split="test", seed=-1, **tag))
         keep = scores.top_k(ranking, k)
         cpr, cmd = scores.cpr_cmd(held)
         score_rows.append(dict(method=method, cpr=cpr, cmd=cmd, random_cpr=random_cpr, random_cmd=random_cmd,

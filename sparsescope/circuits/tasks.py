@@ -89,9 +89,8 @@ def collate(pairs: list[Pair]) -> Batch:
     return Batch(clean, corrupt, mask, last, good, good_mask, bad, bad_mask)
 
 
-def logit_diff(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-    """Per prompt ``logsumexp(good) − logsumexp(bad)`` of the logits at its last token: ``[B]``."""
-    final = logits[torch.arange(len(batch.last)), batch.last]
+def logit_diff(final: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """Per prompt ``logsumexp(good) − logsumexp(bad)`` of the logits ``[B, vocab]`` at its last token: ``[B]``."""
     good = final.gather(1, batch.good).masked_fill(~batch.good_mask, -math.inf).logsumexp(1)
     bad = final.gather(1, batch.bad).masked_fill(~batch.bad_mask, -math.inf).logsumexp(1)
     return good - bad
