@@ -16,8 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import plotly.express as px
-import plotly.graph_objects as go
 import torch
 from scipy.stats import spearmanr
 
@@ -257,30 +255,6 @@ def component_name(layer: int, kind: str, index: int) -> str:
     """The CLI spelling of a node (inverse of :func:`~sparsescope.circuits.patch.parse_components`)."""
     suffix = {"head": f"H{index}", "neuron": f"N{index}", "mlp": ".mlp", "layer": ""}[kind]
     return f"L{layer}{suffix}"
-
-
-# -- figures -------------------------------------------------------------------------------------------------------
-def effect_heatmap(effects: pd.DataFrame, method: str = "eap_ig", top: int = 40) -> go.Figure:
-    """Components (the ``top`` with the largest |effect| in any task) × tasks, coloured by effect."""
-    e = effects[(effects["method"] == method) & (effects["variant"] == "dense")].copy()
-    e["component"] = [component_name(r.layer, r.kind, r.index) for r in e.itertuples()]
-    grid = e.pivot_table(index="component", columns="task", values="effect")
-    keep = grid.abs().max(axis=1).sort_values(ascending=False).index[:top]
-    return px.imshow(grid.loc[keep], aspect="auto", color_continuous_scale="RdBu", color_continuous_midpoint=0,
-                     title=f"{method} effect of patching each component (top {top} by |effect|)",
-                     labels={"color": "Δ metric"})
-
-
-def faithfulness_figure(curves: pd.DataFrame) -> go.Figure:
-    """Held-out faithfulness against circuit size per task and method, random circuits as a mean line."""
-    test = curves[curves["split"] == "test"]
-    mean = test.groupby(["task", "variant", "method", "size_pct"], as_index=False)["faithfulness"].mean()
-    mean["line"] = mean["method"] + np.where(mean["variant"] == "dense", "", " (" + mean["variant"] + ")")
-    fig = px.line(mean, x="size_pct", y="faithfulness", color="line", facet_col="task", facet_col_wrap=3,
-                  log_x=True, markers=True, title="Faithfulness on held-out prompts (random: mean of seeds)",
-                  labels={"size_pct": "circuit size (% of nodes)"})
-    fig.add_hline(y=1, line_dash="dot")
-    return fig
 
 
 def level_of(nodes: pd.DataFrame) -> str:

@@ -41,32 +41,20 @@ def _store(runs_dir):
     return store
 
 
-def _save(store, lm, kind_config: dict, tables: dict, seconds: float, figures: bool = True):
-    """Write a ``circuits`` run (tables + an HTML page with the figures)."""
+def _save(store, lm, kind_config: dict, tables: dict, seconds: float) -> None:
+    """Write a ``circuits`` run: tables and ``circuits.html``."""
     from dataclasses import asdict, is_dataclass
 
     from sparsescope import __version__
-    from sparsescope.circuits import study
-    from sparsescope.harvest.page import html_page
+    from sparsescope.show.circuits import page
 
     config = {k: (asdict(v) if is_dataclass(v) else v) for k, v in kind_config.items()}
     manifest = {"kind": "circuits", "model": lm.name, "model_revision": lm.revision, "weights_note": lm.weights_note,
                 "package_version": __version__, "seconds": seconds, "config": config}
     run = store.create(manifest)
     run.finalize({name: df.assign(run_id=run.run_id) for name, df in tables.items()})
-    parts: list = []
-    if figures and "faithfulness" in tables:
-        parts.append(study.faithfulness_figure(tables["faithfulness"]))
-        if "effects" in tables:
-            method = "eap_ig" if (tables["effects"]["method"] == "eap_ig").any() else tables["effects"]["method"][0]
-            parts.append(study.effect_heatmap(tables["effects"], method))
-    for name in ("tasks", "scores", "validation", "firing"):
-        if name in tables:
-            parts += [name, tables[name]]
-    page = run.write_file("circuits.html", html_page(f"sparsescope circuits — {lm.name} ({run.run_id})",
-                                                     {"model": lm.name, "created": run.manifest.get("created")},
-                                                     parts))
-    out.print(f"{seconds:.1f} s; tables {', '.join(tables)} → {run.path}; page: {page}")
+    path = run.write_file("circuits.html", page(run.manifest, tables))
+    out.print(f"{seconds:.1f} s; tables {', '.join(tables)} → {run.path}; page: {path}")
 
 
 @circuits_app.command("tasks")
@@ -89,7 +77,7 @@ def tasks_cmd(model: str = MODEL, tasks: str = TASKS, n: int = N, seed: int = SE
     _show(_frame_table(table.drop(columns=["model"]).set_index("task"), f"{lm.name}: task performance ({2 * n} "
                                                                         "prompts each)"))
     _save(store, lm, {"command": "tasks", "tasks": names, "n": n, "seed": seed}, {"tasks": table},
-          time.perf_counter() - start, figures=False)
+          time.perf_counter() - start)
 
 
 @circuits_app.command()
@@ -138,6 +126,7 @@ def discover(model: str = MODEL, tasks: str = TASKS,
     with _evaluations(total, "discover") as bar:
         job = bar.add_task("discover", total=total, label="")
         tables = run_discovery(lm, names, cfg, lambda k: bar.update(job, advance=k))
+        bar.update(job, completed=total)  # the total is an upper bound (equal circuit sizes are measured once)
     _print_scores(tables)
     if save:
         save.mkdir(parents=True, exist_ok=True)
@@ -207,6 +196,7 @@ def compare(model: str = MODEL, tasks: str = TASKS,
     with _evaluations(total, "compare") as bar:
         job = bar.add_task("compare", total=total, label="")
         tables = compare_pruned(lm, names, cfg, prune, sparsity, lambda k: bar.update(job, advance=k), neurons)
+        bar.update(job, completed=total)
     _print_scores(tables)
     overall = tables["overlap"][tables["overlap"]["layer"] == -1]
     _show(_frame_table(overall.drop(columns=["layer"]).set_index(["task_a", "task_b"]), "circuit overlap (Jaccard)"))
