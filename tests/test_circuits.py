@@ -280,3 +280,12 @@ def test_discover_writes_the_contract_tables(lm, monkeypatch):
     sizes = t["circuit"].groupby("method").size()
     assert (sizes == t["scores"].set_index("method")["n_components"]).all()
     assert set(t["validation"]["method"]) == {"eap", "eap_ig"}
+
+
+def test_overlap_is_jaccard_per_layer_and_overall():
+    from sparsescope.circuits.study import overlap
+
+    rows = [("a", 0, "head", 1), ("a", 0, "head", 2), ("a", 1, "mlp", 0), ("b", 0, "head", 2), ("b", 1, "head", 0)]
+    circuit = pd.DataFrame(rows, columns=["task", "layer", "kind", "index"]).assign(method="eap_ig", variant="dense")
+    got = overlap(circuit).set_index("layer")["jaccard"].to_dict()
+    assert got == {-1: 1 / 4, 0: 1 / 2, 1: 0.0}  # {a} ∩ {b} = {L0H2}; union: L0H1, L0H2, L1.mlp, L1H0
