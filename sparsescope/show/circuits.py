@@ -8,7 +8,8 @@ import plotly.express as px
 import plotly.graph_objects as go
 
 from sparsescope.circuits.study import component_name
-from sparsescope.harvest.page import html_page
+from sparsescope.show.page import html_page
+from sparsescope.show.terminal import frame_table
 
 def effect_heatmap(effects: pd.DataFrame, method: str = "eap_ig", top: int = 40) -> go.Figure:
     """Components (the ``top`` with the largest |effect| in any task) × tasks, coloured by effect."""
@@ -33,7 +34,7 @@ def faithfulness_figure(curves: pd.DataFrame) -> go.Figure:
     return fig
 
 
-def page(manifest: dict, tables: dict[str, pd.DataFrame]) -> str:
+def circuits_page(manifest: dict, tables: dict[str, pd.DataFrame]) -> str:
     """The run's page: curves and heatmap when discovery ran, then the tables that summarise it."""
     parts: list = []
     if "faithfulness" in tables:
@@ -47,3 +48,20 @@ def page(manifest: dict, tables: dict[str, pd.DataFrame]) -> str:
     facts = {"model": manifest.get("model"), "revision": manifest.get("model_revision"),
              "weights": manifest.get("weights_note"), "created": manifest.get("created")}
     return html_page(f"sparsescope circuits — {manifest.get('model')} ({manifest.get('run_id')})", facts, parts)
+
+
+def score_tables(tables: dict[str, pd.DataFrame]) -> list:
+    """Terminal tables of a discovery or compare run: held-out scores, attribution vs exact, overlap, firing."""
+    cols = ["task", "variant", "level", "method", "cpr", "cmd", "random_cpr", "random_cmd", "necessity",
+            "sufficiency", "n_components", "seconds"]
+    out = [frame_table(tables["scores"][cols].set_index(["task", "method"]),
+                       "held-out scores (MIB; random: mean of seeds)")]
+    if "validation" in tables:
+        out.append(frame_table(tables["validation"].set_index(["task", "method"]), "attribution vs exact patching"))
+    if "overlap" in tables:
+        overall = tables["overlap"][tables["overlap"]["layer"] == -1].drop(columns=["layer"])
+        out.append(frame_table(overall.set_index(["task_a", "task_b"]), "circuit overlap (Jaccard, all layers)"))
+    if "firing" in tables and len(tables["firing"]):
+        out.append(frame_table(tables["firing"].set_index(["task", "group"]),
+                               "firing frequency: circuit neurons vs the rest"))
+    return out
