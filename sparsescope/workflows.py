@@ -322,3 +322,123 @@ def plan(store: RunStore, model: str, budget: str = "5%", sparsities: str = "0.3
     if output is not None:
         result.plan.to_yaml(output)
     return run, result, tables
+
+
+# -- circuits --------------------------------------------------------------------------------------------------
+CIRCUIT_TASKS = "ioi,greater_than,induction,agreement,capitals"
+
+
+def circuits_config(methods: str = "eap,eap_ig,mask", level: str = "heads", ablation: str = "counterfactual",
+                    n: int = 24, seed: int = 0, steps: int = 5, random_seeds: int = 5, validate: int = 0,
+                    mask_steps: int = 60):
+    """A :class:`~sparsescope.circuits.study.DiscoverConfig` from command-line values, checked."""
+    from sparsescope.circuits.mask import MaskConfig
+    from sparsescope.circuits.study import DiscoverConfig, check_methods
+
+    cfg = DiscoverConfig(methods=tuple(split_list(methods) or ()), level=level, ablation=ablation, n=n, seed=seed,
+                         steps=steps, random_seeds=random_seeds, validate=validate, mask=MaskConfig(steps=mask_steps))
+    check_methods(cfg.methods)
+    return cfg
+
+
+def _task_names(tasks: str) -> list[str]:
+    from sparsescope.circuits.tasks import check_task
+
+    names = split_list(tasks) or []
+    if not names:
+        raise UserError("no tasks given; pass e.g. --tasks ioi,induction")
+    for name in names:
+        check_task(name)
+    return names
+
+
+def _circuits_run(store: RunStore, lm, config: dict, tables: dict[str, pd.DataFrame], start: float) -> RunDir:
+    from sparsescope.show.circuits import circuits_page
+
+    run = _finish(store, _manifest("circuits", lm, seconds=time.perf_counter() - start, config=config), tables)
+    run.write_file("circuits.html", circuits_page(run.manifest, tables))
+    return run
+
+
+def circuits_tasks(store: RunStore, model: str, tasks: str = CIRCUIT_TASKS, n: int = 24, seed: int = 0,
+                   load: Callable = load_model, progress: Progress = _quiet):
+    """A circuits run with the ``tasks`` table: accuracy and mean logit difference per task against chance.
+    Returns ``(run, table, seconds)``."""
+    from sparsescope.circuits.study import tasks_table
+
+    names = _task_names(tasks)
+    store.check_writable()
+    start = time.perf_counter()
+    lm = load(model)
+    table = tasks_table(lm, names, n, seed, lambda k: progress(k, len(names)))
+    run = _circuits_run(store, lm, {"command": "tasks", "model": model, "tasks": names, "n": n, "seed": seed},
+                        {"tasks": table}, start)
+    return run, table, time.perf_counter() - start
+
+
+def circuits_discover(store: RunStore, model: str, tasks: str, cfg, save: Path | None = None,
+                      load: Callable = load_model, progress: Progress = _quiet):
+    """A circuits run: every method's ranking, circuit and held-out scores per task (``save``: one circuit JSON per
+    task and method). Returns ``(run, tables, seconds)``."""
+    from sparsescope.circuits.patch import Patcher
+    from sparsescope.circuits.study import run_discovery, save_circuit, work
+
+    names = _task_names(tasks)
+    store.check_writable()
+    start = time.perf_counter()
+    lm = load(model)
+    total = work(cfg, Patcher(lm, cfg.level, "zero").n_nodes) * len(names)
+    tables = run_discovery(lm, names, cfg, lambda k: progress(k, total))
+    if save:
+        save.mkdir(parents=True, exist_ok=True)
+        for (task, method), c in tables["circuit"].groupby(["task", "method"]):
+            save_circuit(save / f"{task}.{method}.json", lm, c, cfg.level)
+    run = _circuits_run(store, lm, {"command": "discover", "model": model, "tasks": names, "discover": asdict(cfg)},
+                        tables, start)
+    return run, tables, time.perf_counter() - start
+
+
+def circuits_compare(store: RunStore, model: str, tasks: str, cfg, prune: str = "magnitude",
+                     sparsity: float | None = None, neurons: bool = True, load: Callable = load_model,
+                     progress: Progress = _quiet):
+    """A circuits run comparing tasks' circuits (overlap), circuit neurons' firing, and dense vs pruned circuits
+    (``sparsity`` defaults to the newest weights run's knee). Returns ``(run, tables, seconds)``."""
+    from sparsescope.circuits.patch import Patcher
+    from sparsescope.circuits.study import compare_pruned, knee_sparsity, work
+
+    names = _task_names(tasks)
+    if len(names) < 2:
+        raise UserError("compare needs at least two tasks to measure overlap; pass e.g. --tasks ioi,induction")
+    store.check_writable()
+    sparsity = knee_sparsity(store, prune) if sparsity is None else sparsity
+    start = time.perf_counter()
+    lm = load(model)
+    total = len(names) * (2 * work(cfg, Patcher(lm, "heads", "zero").n_nodes)
+                          + (work(cfg, Patcher(lm, "neurons", "zero").n_nodes) if neurons else 0))
+    tables = compare_pruned(lm, names, cfg, prune, sparsity, lambda k: progress(k, total), neurons)
+    config = {"command": "compare", "model": model, "tasks": names, "prune": prune, "sparsity": sparsity,
+              "neurons": neurons, "discover": asdict(cfg)}
+    run = _circuits_run(store, lm, config, tables, start)
+    return run, tables, time.perf_counter() - start
+
+
+def circuits_ablate(model: str, task: str, components: str, ablation: str = "counterfactual", n: int = 24,
+                    seed: int = 0, load: Callable = load_model) -> pd.DataFrame:
+    """Metric and accuracy on the task's held-out prompts before and after ablating ``components`` (one row)."""
+    from sparsescope.circuits.patch import parse_components
+    from sparsescope.circuits.study import ablate
+
+    _task_names(task)
+    nodes = parse_components(components)
+    return pd.DataFrame([ablate(load(model), task, nodes, circuits_config(ablation=ablation, n=n, seed=seed))])
+
+
+def circuits_score(model: str, task: str, circuit: Path, ablation: str = "counterfactual", n: int = 24,
+                   seed: int = 0, load: Callable = load_model) -> pd.DataFrame:
+    """Faithfulness, necessity and sufficiency of a saved circuit on the task's held-out prompts (one row)."""
+    from sparsescope.circuits.study import load_circuit, score_circuit
+
+    _task_names(task)
+    lm = load(model)
+    nodes, level = load_circuit(circuit, lm)
+    return pd.DataFrame([score_circuit(lm, task, nodes, level, circuits_config(ablation=ablation, n=n, seed=seed))])

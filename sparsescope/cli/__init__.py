@@ -7,6 +7,7 @@ from sparsescope.cli._common import app
 from sparsescope.cli import scan, bench, spike, weights, compare  # noqa: F401,E402  (registers the commands)
 from sparsescope.cli import sae  # noqa: F401,E402
 from sparsescope.cli import plan  # noqa: F401,E402
+from sparsescope.cli import circuits  # noqa: F401,E402
 
 
 def main() -> None:  # pragma: no cover - console entry point

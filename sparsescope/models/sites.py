@@ -280,26 +280,34 @@ class SiteMap:
         return module, spec.io, _pattern if site == "attn.hook_pattern" else _first
 
     def attach(self, layer: int, site: str, fn: Callable[[torch.Tensor], "torch.Tensor | None"]):
-        """Hook ``fn`` on ``blocks.{layer}.{site}``: it sees the site's tensor on every forward and may return a
-        replacement (same shape) to splice into the forward pass, or None to only observe. Returns the removable
-        torch handle. The one hook mechanism shared by the recorder, SAE splicing and ablations."""
+        """Call ``fn`` on the tensor at ``blocks.{layer}.{site}`` on every forward; a returned tensor replaces it.
+
+        The one hook mechanism of the package: the recorder observes through it (``fn`` returns None) and
+        ablation/patching replaces through it. Returns the handle to ``remove()``.
+        """
         module, io, extract = self.hook(layer, site)
+
+        def call(raw):
+            t = extract(raw)
+            if t is None and site == "attn.hook_pattern":
+                raise UserError("attn.hook_pattern needs eager attention; load the model with "
+                                "attn_implementation='eager' or drop the site")
+            return None if t is None else fn(t)
+
         if io == "output":
-            def on_output(mod, args, output):
-                new = fn(extract(output))
+            def post(mod, args, out):
+                new = call(out)
                 if new is None:
                     return None
-                return (new, *output[1:]) if isinstance(output, (tuple, list)) else new
+                return new if isinstance(out, torch.Tensor) else (new, *out[1:])
+            return module.register_forward_hook(post)
 
-            return module.register_forward_hook(on_output)
-
-        def on_input(mod, args, kwargs):
-            new = fn(args[0] if args else kwargs["hidden_states"])
+        def pre(mod, args, kwargs):
+            new = call(args[0] if args else kwargs["hidden_states"])
             if new is None:
                 return None
             return ((new, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": new})
-
-        return module.register_forward_pre_hook(on_input, with_kwargs=True)
+        return module.register_forward_pre_hook(pre, with_kwargs=True)
 
     def linear(self, layer: int, wsite: str) -> nn.Module:
         """The linear module holding weight site ``blocks.{layer}.{wsite}`` (shared for fused q/k/v)."""

@@ -155,12 +155,7 @@ class Recorder:
         site = key[1]
 
         @torch.no_grad()
-        def observe(t) -> None:
-            if t is None:
-                if site == PATTERN:
-                    raise UserError("attn.hook_pattern needs eager attention; load the model with "
-                                    "attn_implementation='eager' or drop the site")
-                return
+        def observe(t: torch.Tensor) -> None:
             valid, rows = batch["valid"], batch["rows"]
             if site == PATTERN:
                 self._observe_pattern(t, valid, rows, st)
