@@ -52,12 +52,12 @@ dense_ppl = quality.loc[quality["scope"] == "dense", "value"]
 dense_ppl = float(dense_ppl.iloc[0]) if len(dense_ppl) else math.nan
 
 c = st.columns(4)
-c[0].metric("dense, block linears", f"{table['dense_uJ'].sum():.4g} µJ/token",
+c[0].metric("dense µJ/token (block linears)", f"{table['dense_uJ'].sum():.4g}",
             f"{table['dense_bytes'].sum() / 1e6:.3g} MB/token", delta_color="off")
 for col, lever, name in ((c[1], "spike", "spike conversion"), (c[2], "act", "activation sparsity"),
                          (c[3], "int8", "int8 weights")):
     saved = table[f"{lever}_uJ_saved"].sum(min_count=1)
-    col.metric(f"{name} saves", "—" if pd.isna(saved) else f"{saved:.4g} µJ/token",
+    col.metric(f"{name} saves (µJ/token)", "—" if pd.isna(saved) else f"{saved:.4g}",
                "not recorded" if pd.isna(saved) else f"{saved / table['dense_uJ'].sum():.1%} of dense",
                delta_color="off")
 ui.what("per token, summed over the block linears: the energy of the dense model and what each lever alone would "
@@ -86,7 +86,7 @@ else:
     m = st.columns(3)
     m[0].metric("options chosen", f"{len(picked)} of {chosen[unit].drop_duplicates().shape[0]} "
                 f"{'linears' if unit != 'layer' else 'layers'}")
-    m[1].metric("energy saved", f"{picked['uJ_saved'].sum():.4g} µJ/token",
+    m[1].metric("energy saved (µJ/token)", f"{picked['uJ_saved'].sum():.4g}",
                 f"{picked['uJ_saved'].sum() / table['dense_uJ'].sum():.1%} of dense", delta_color="off")
     m[2].metric("Δppl (sum of per-option estimates)", f"{picked['dppl'].clip(lower=0).sum():+.4g}",
                 f"budget {budget:.4g} (dense ppl {dense_ppl:.4g})", delta_color="off")
