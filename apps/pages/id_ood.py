@@ -3,7 +3,8 @@
 import streamlit as st
 
 import ui
-from sparsescope import report
+from sparsescope.harvest import summary
+from sparsescope.show import report
 from sparsescope.show import figures
 
 st.title("ID vs OOD")
@@ -20,11 +21,11 @@ def ladder_means(sig: tuple, run_id: str):
     from sparsescope.stats import split_means
 
     pairs = " OR ".join(f"(metric = '{m}' AND " + ("threshold IS NULL)" if t != t else f"threshold = {t})")
-                        for m, t in report.PROFILE_METRICS)
+                        for m, t in summary.PROFILE_METRICS)
     rows = ui.table("prompts", [run_id], where=f"split LIKE '%@%' AND site <> 'logits' AND ({pairs})")
     if rows.empty:
         return rows
-    groups = report.layer_groups(rows)
+    groups = summary.layer_groups(rows)
     out = []
     for name in dict.fromkeys(rows["split"].str.partition("@")[0]):
         lad = groups[groups["split"].str.startswith(f"{name}@")]
@@ -32,7 +33,7 @@ def ladder_means(sig: tuple, run_id: str):
     import pandas as pd
 
     means = pd.concat(out, ignore_index=True)
-    return means.assign(group=means["layer"].map(dict(enumerate(report.GROUPS))))
+    return means.assign(group=means["layer"].map(dict(enumerate(summary.GROUPS))))
 
 
 st.subheader("Corruption ladders")
@@ -50,7 +51,7 @@ for run_id, col in zip(chosen, ui.columns_for(chosen)):
                  key=f"lad_{run_id}")
         trends = ui.table("trends", [run_id])
         if len(trends):
-            ui.frame(report.trend_summary(trends.drop(columns="run_id")), key=f"trend_{run_id}")
+            ui.frame(summary.trend_summary(trends.drop(columns="run_id")), key=f"trend_{run_id}")
             ui.what("Spearman ρ of value vs corruption level per layer group with its CI, and how many layers "
                     "trend up or down.")
 
@@ -62,7 +63,7 @@ metric = c[0].selectbox("Metric", names, index=names.index("hoyer") if "hoyer" i
 site = c[1].selectbox("Site", list(dict.fromkeys(acts["site"])), key="fam_site")
 for run_id, col in zip(chosen, ui.columns_for(chosen)):
     with col:
-        rows = report.metric_rows(acts[(acts["run_id"] == run_id) & (acts["site"] == site)], metric)
+        rows = summary.metric_rows(acts[(acts["run_id"] == run_id) & (acts["site"] == site)], metric)
         if not {"id", "ood"} <= set(rows["split"]):
             st.info(f"`{run_id}` needs both an ID and an OOD suite for this view.")
             continue

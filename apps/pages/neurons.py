@@ -3,7 +3,8 @@
 import streamlit as st
 
 import ui
-from sparsescope import report
+from sparsescope.harvest import summary
+from sparsescope.show import report
 from sparsescope.show import figures
 
 st.title("Neurons")
@@ -59,6 +60,6 @@ if len(prompt_ids):
     rows = ui.table("prompts", [run_id], where=f"prompt_id = '{pid.replace(chr(39), chr(39) * 2)}'")
     names = ui.metric_names(rows)
     metric = st.selectbox("Metric", names, index=names.index("hoyer") if "hoyer" in names else 0, key="p_metric")
-    m = report.metric_rows(rows, metric)
+    m = summary.metric_rows(rows, metric)
     ui.chart(figures.layer_site_heatmap(m, f"{metric} on prompt {pid}"),
              "this prompt's token-weighted metric per layer and site: which sites it makes sparse.", key="prompt")

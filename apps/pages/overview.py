@@ -3,7 +3,8 @@
 import streamlit as st
 
 import ui
-from sparsescope import report
+from sparsescope.harvest import summary
+from sparsescope.show import report
 from sparsescope.show import figures
 
 st.title("Overview")
@@ -20,8 +21,8 @@ else:
     split = c[1].selectbox("Split", splits)
     for run_id, col in zip(chosen, ui.columns_for(chosen)):
         with col:
-            rows = report.metric_rows(acts[acts["run_id"] == run_id], metric)
-            means = report.split_means(rows[rows["split"] == split])
+            rows = summary.metric_rows(acts[acts["run_id"] == run_id], metric)
+            means = summary.pooled_means(rows[rows["split"] == split])
             if means.empty:
                 st.info(f"`{run_id}` has no '{split}' split.")
                 continue

@@ -42,7 +42,7 @@ cmp_ids = ui.pick("compare", "Compare runs", "cmp_runs", multi=True, table_name=
 if not cmp_ids:
     ui.needs("sparsescope compare", "complete compare run")
 else:
-    from sparsescope.harvest.compare import pareto_figure
+    from sparsescope.show.compare import pareto_figure
 
     ui.different_models(cmp_ids)
     table = ui.table("compare", cmp_ids)

@@ -1,5 +1,5 @@
 """Plotly figures of stored tables that the HTML report does not already draw (the report's own figures,
-`sparsescope.report.heatmap`, `fire_freq_histogram`, `ladder_bands`, and `harvest.compare.pareto_figure`, are
+`show.report.heatmap`, `fire_freq_histogram`, `ladder_bands`, and `show.compare.pareto_figure`, are
 reused as they are). Each takes tidy rows as stored by the run store and returns a `go.Figure`."""
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ import pandas as pd
 
 from ..intervene import Plan, Rule
 from ..models.sites import LINEAR_INPUT_SITE
-from ..spiking.energy import PRESETS, LinearCost, cost_table
+from ..cost import PRESETS, LinearCost, cost_table
 from ..spiking.stats import BITS
 
 SPARSITY_METRIC = ("teal_sparsity", 0.1)  # share of smallest inputs zeroable at ≤ 10 % relative L2 error
