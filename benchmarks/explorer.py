@@ -30,7 +30,8 @@ CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-backg
 # (title as the page shows it, its navigation label, its url path)
 PAGES = [("Harvest: where latent sparsity pays", "Harvest", ""), ("Overview", "Overview", "overview"),
          ("ID vs OOD", "ID vs OOD", "id_vs_ood"), ("Spiking & head-to-head", "Spiking & head-to-head", "spiking"),
-         ("Neurons", "Neurons", "neurons"), ("SAE features", "SAE features", "sae"), ("Circuits", "Circuits", "circuits")]
+         ("Neurons", "Neurons", "neurons"), ("SAE features", "SAE features", "sae"),
+         ("Circuits", "Circuits", "circuits")]
 EXCEPTION = '[data-testid="stException"]'
 
 

@@ -28,8 +28,8 @@ def build(runs: Path, model_dir: Path, other_model_dir: Path) -> dict[str, str]:
     _run(["scan", *m, "--suites", "prose,random_tokens,multilingual", "--ladders", "shuffle", "--max-tokens", "16",
           "--sites", SITES, "--no-report"], runs)
     _run(["spike", *m, "--eval-tokens", "32", "--per-layer", "--sweep", "k=2,3"], runs)
-    _run(["weights", *m, "--sensitivity", "--per-layer", "--methods", "magnitude", "--sparsities", "0.5", "--nm", "none",
-          "--eval-tokens", "32"], runs)
+    _run(["weights", *m, "--sensitivity", "--per-layer", "--methods", "magnitude", "--sparsities", "0.5",
+          "--nm", "none", "--eval-tokens", "32"], runs)
     _run(["compare", *m, "--eval-tokens", "32", "--seq-len", "32", "--group-size", "16", "--teal", "0.5",
           "--spike-k", "3", "--no-compositions"], runs)
     _run(["scan", "--model", str(other_model_dir), "--suites", "prose,random_tokens", "--max-tokens", "16",

@@ -12,7 +12,8 @@ from nbclient import NotebookClient
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 TINY = {  # per notebook: the parameters cell on the tiny model
-    "quickstart.ipynb": 'MODEL = {model!r}\nSUITES = ["prose", "random_tokens"]\nSITES = ["mlp.hook_post"]\nMAX_TOKENS = 16',
+    "quickstart.ipynb": 'MODEL = {model!r}\nSUITES = ["prose", "random_tokens"]\nSITES = ["mlp.hook_post"]\n'
+                        'MAX_TOKENS = 16',
     "id_vs_ood.ipynb": 'MODEL = {model!r}\nRUNS = {runs!r}\nSUITES = "prose,random_tokens,multilingual"\n'
                        'SITES = "mlp.hook_post"\nMAX_TOKENS = 16',
     "harvest.ipynb": 'MODEL = {model!r}\nRUNS = {runs!r}\nEVAL_TOKENS = 32\nMAX_TOKENS = 16\nGROUP_SIZE = 16\n'

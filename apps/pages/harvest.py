@@ -36,7 +36,8 @@ if not spike_id:
                                             value="available", site="input_site"),
                  "the share of each linear's input entries that can be zeroed at ≤ 10 % relative error, recorded "
                  "by your scans; pricing it needs a spike run.")
-    ui.needs("sparsescope spike --per-layer", f"spike run of {model} (it prices every linear and measures per-layer Δppl)")
+    ui.needs("sparsescope spike --per-layer",
+             f"spike run of {model} (it prices every linear and measures per-layer Δppl)")
     st.stop()
 spike_id = spike_id[0]
 energy, spikes = ui.table("energy", [spike_id]), ui.table("spikes", [spike_id])

@@ -37,5 +37,6 @@ if len(contexts):
         st.markdown(f"- `{r.activation:.3f}` {r.text}")
 logits = ui.table("sae_logits", [run_id], where=f"site = '{site}' AND feature = {int(feature)}")
 if len(logits):
-    ui.chart(figures.logit_effects(logits), "the tokens whose logits this feature raises most (+) and lowers most (−).",
+    ui.chart(figures.logit_effects(logits),
+             "the tokens whose logits this feature raises most (+) and lowers most (−).",
              key="logits")

@@ -111,7 +111,8 @@ def harvest_bars(table: pd.DataFrame, chosen: pd.DataFrame | None = None) -> go.
 
 def dead_dense(activations: pd.DataFrame) -> go.Figure:
     """Share of dead (never fire) and dense (fire on > 50 % of tokens) neurons per layer, one line per site × split."""
-    rows = activations[activations["metric"].isin(["dead_frac", "dense_frac"]) & activations["split"].isin(["id", "ood"])]
+    keep = activations["metric"].isin(["dead_frac", "dense_frac"]) & activations["split"].isin(["id", "ood"])
+    rows = activations[keep]
     w = rows.assign(wv=rows["value"] * rows["n_tokens"])
     g = w.groupby(["metric", "site", "split", "layer"], as_index=False)[["wv", "n_tokens"]].sum()
     g["value"] = g["wv"] / g["n_tokens"]
@@ -124,7 +125,8 @@ def dead_dense(activations: pd.DataFrame) -> go.Figure:
 # -- SAE and circuits (tables per the cross-helper contracts) --------------------------------------------------------
 def sae_quality(metrics: pd.DataFrame) -> go.Figure:
     """Sparsity (L0) against explained variance per trained SAE, one colour per site."""
-    fig = px.scatter(metrics, x="l0", y="explained_variance", color="site", symbol="split" if "split" in metrics else None,
+    fig = px.scatter(metrics, x="l0", y="explained_variance", color="site",
+                     symbol="split" if "split" in metrics else None,
                      hover_data=[c for c in ("architecture", "d_sae", "k", "ce_loss_recovered", "dead_frac")
                                  if c in metrics])
     fig.update_layout(title="SAE quality: L0 vs explained variance", xaxis_title="L0 (active features per token)")

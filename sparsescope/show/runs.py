@@ -59,7 +59,8 @@ def load(root: Path | str | None, table: str, run_ids: list[str] | tuple[str, ..
     if not ok:
         return pd.DataFrame()
     files = ", ".join(_sql_str(str((r.path / f"{table}.parquet").resolve())) for r in ok.values())
-    sql = f'SELECT {columns}, filename FROM "{table}" WHERE filename IN ({files})' + (f" AND ({where})" if where else "")
+    sql = f'SELECT {columns}, filename FROM "{table}" WHERE filename IN ({files})'
+    sql += f" AND ({where})" if where else ""
     df = query(sql, store.root)
     run_id = df.pop("filename").map(lambda f: Path(f).parent.name)
     if "run_id" not in df.columns:
