@@ -106,7 +106,7 @@ def visit(url: str, out: Path | str | None = None, timeout_ms: float = 60_000) -
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM if Path(CHROMIUM).is_file() else shutil.which("chromium"),
                                     args=CHROMIUM_ARGS, headless=True)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page = browser.new_page(viewport={"width": 1400, "height": 1300})
         page.on("pageerror", lambda e: result["console_errors"].append(str(e)))
         start = time.perf_counter()
         page.goto(url, wait_until="commit")

@@ -45,10 +45,10 @@ def linear_shapes(energy: pd.DataFrame, spikes: pd.DataFrame) -> pd.DataFrame:
                          "tokens": d["tokens"], "constants": d["constants"]}).reset_index(drop=True)
 
 
-def _per_token(c: LinearCost, method: str, constants: str) -> tuple[float, float]:
-    """(bytes, energy µJ) per token of one linear under the cost model."""
-    row = cost_table([c], PRESETS[constants], methods=(method,)).iloc[0]
-    return float(row["bytes"]), float(row["energy_total_uJ"])
+def _per_token(costs: list[LinearCost], method: str, constants: str) -> pd.DataFrame:
+    """Bytes and energy (µJ) per token of each linear (costs built with tokens=1) under the cost model."""
+    rows = cost_table(costs, PRESETS[constants], methods=(method,))
+    return rows[rows["name"] != "total"].set_index("name")[["bytes", "energy_total_uJ"]]
 
 
 def available_sparsity(activations: pd.DataFrame, split: str = "id") -> pd.DataFrame:
@@ -74,38 +74,41 @@ def harvest_table(energy: pd.DataFrame, spikes: pd.DataFrame, quality: pd.DataFr
     and `essential_weight_sparsity` (largest magnitude-pruning sparsity with Δppl/ppl ≤ 1 %, that layer alone).
     """
     shapes = linear_shapes(energy, spikes)
+    constants = shapes["constants"].iloc[0]
+    bits = BITS[constants]
+    table = shapes[["layer", "site"]].copy()
+    table["input_site"] = table["site"].map(LINEAR_INPUT_SITE)
+    table["widths"] = shapes["width_a"].astype(str) + "×" + shapes["width_b"].astype(str)
+    spars = spikes[spikes["metric"] == "spike_sparsity"].set_index(["layer", "site"])["value"]
+    table["spike_sparsity"] = spars.reindex(pd.MultiIndex.from_frame(table[["layer", "site"]])).to_numpy()
+    table["available"] = np.nan
+    if activations is not None:
+        avail = available_sparsity(activations).set_index(["layer", "input_site"])["available"]
+        table["available"] = avail.reindex(pd.MultiIndex.from_frame(table[["layer", "input_site"]])).to_numpy()
+
+    def priced(method: str, weight_bits: int, density=None) -> pd.DataFrame:
+        density = np.ones(len(shapes)) if density is None else np.asarray(density, dtype=float)
+        costs = [LinearCost(s.name, s.width_a, s.width_b, weight_bits=weight_bits, act_bits=bits, input_density=d)
+                 for s, d in zip(shapes.itertuples(index=False), density)]
+        return _per_token(costs, method, constants).reindex(shapes["name"])
+
+    dense, int8 = priced("dense", bits), priced("dense", 8)
+    table["dense_bytes"], table["dense_uJ"] = dense["bytes"].to_numpy(), dense["energy_total_uJ"].to_numpy()
     per = energy[energy["layer"] >= 0].pivot_table(index=["layer", "site"], columns="method",
                                                    values=["bytes", "energy_total_uJ"], aggfunc="sum")
-    spars = spikes[spikes["metric"] == "spike_sparsity"].set_index(["layer", "site"])["value"]
-    avail = available_sparsity(activations) if activations is not None else None
-    rows = []
-    for s in shapes.itertuples(index=False):
-        key, bits = (s.layer, s.site), BITS[s.constants]
-        base = LinearCost(s.name, s.width_a, s.width_b, weight_bits=bits, act_bits=bits)
-        dense_b, dense_e = _per_token(base, "dense", s.constants)
-        int8_b, int8_e = _per_token(LinearCost(s.name, s.width_a, s.width_b, weight_bits=8, act_bits=bits),
-                                    "dense", s.constants)
-        input_site = LINEAR_INPUT_SITE.get(s.site, "")
-        a = math.nan
-        if avail is not None:
-            hit = avail[(avail["layer"] == s.layer) & (avail["input_site"] == input_site)]["available"]
-            a = float(hit.iloc[0]) if len(hit) else math.nan
-        act_b = act_e = math.nan
-        if not math.isnan(a):
-            sparse = LinearCost(s.name, s.width_a, s.width_b, weight_bits=bits, act_bits=bits, input_density=1 - a)
-            act_b, act_e = _per_token(sparse, "sparse", s.constants)
-            act_b, act_e = dense_b - act_b, dense_e - act_e
-        rows.append({
-            "layer": s.layer, "site": s.site, "input_site": input_site, "widths": f"{s.width_a}×{s.width_b}",
-            "spike_sparsity": spars.get(key, math.nan), "available": a,
-            "dense_bytes": dense_b, "dense_uJ": dense_e,
-            "spike_bytes_saved": (per.loc[key, ("bytes", "dense")] - per.loc[key, ("bytes", "spiking")]) / s.tokens,
-            "spike_uJ_saved": (per.loc[key, ("energy_total_uJ", "dense")]
-                               - per.loc[key, ("energy_total_uJ", "spiking")]) / s.tokens,
-            "act_bytes_saved": act_b, "act_uJ_saved": act_e,
-            "int8_bytes_saved": dense_b - int8_b, "int8_uJ_saved": dense_e - int8_e,
-        })
-    table = pd.DataFrame(rows)
+    per = per.reindex(pd.MultiIndex.from_frame(table[["layer", "site"]]))
+    tokens = shapes["tokens"].to_numpy()
+    table["spike_bytes_saved"] = (per[("bytes", "dense")] - per[("bytes", "spiking")]).to_numpy() / tokens
+    table["spike_uJ_saved"] = (per[("energy_total_uJ", "dense")]
+                               - per[("energy_total_uJ", "spiking")]).to_numpy() / tokens
+    table["act_bytes_saved"] = table["act_uJ_saved"] = np.nan
+    have = table["available"].notna().to_numpy()
+    if have.any():
+        sparse = priced("sparse", bits, 1 - table["available"].fillna(0))
+        table.loc[have, "act_bytes_saved"] = (dense["bytes"] - sparse["bytes"]).to_numpy()[have]
+        table.loc[have, "act_uJ_saved"] = (dense["energy_total_uJ"] - sparse["energy_total_uJ"]).to_numpy()[have]
+    table["int8_bytes_saved"] = (dense["bytes"] - int8["bytes"]).to_numpy()
+    table["int8_uJ_saved"] = (dense["energy_total_uJ"] - int8["energy_total_uJ"]).to_numpy()
     table["spike_dppl_layer"] = np.nan
     if quality is not None and not quality.empty:
         per_layer = quality[(quality["scope"] == "layer") & (quality["metric"] == "delta_ppl")]
