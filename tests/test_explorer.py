@@ -92,7 +92,10 @@ def test_budget_slider_recomputes_the_plan(explorer_store, monkeypatch):
         chosen.append(len(frame_with(at, "uJ_saved")))
     assert chosen[0] <= chosen[1]
     assert chosen[1] > 0
-    assert {b.label for b in at.get("download_button")} >= {"Download plan YAML"}
+    labels = {b.label for b in at.get("download_button")}
+    assert labels >= {"Download plan YAML", "Download the planner's own plan.yaml"}
+    per_linear = frame_with(at, "widths")  # the planner's recommendation is marked per linear
+    assert set(per_linear["planner_choice"].dropna()) == {"teal"}
 
 
 def test_harvest_without_a_planner_run_plans_from_spike_and_compare(explorer_store, tmp_path, monkeypatch):

@@ -107,12 +107,16 @@ else:
         if stored:
             st.download_button("Download the planner's own plan.yaml", stored, file_name="plan.yaml")
 
-ui.chart(figures.harvest_bars(table, chosen[chosen["selected"]] if unit == "layer" else None),
+stars = chosen[chosen["selected"]].groupby("layer")["choice"].agg(lambda c: "+".join(sorted(set(c)))).reset_index()
+ui.chart(figures.harvest_bars(table, stars),
          "µJ per token each lever would save per layer (summed over its linears); stars mark the layers the "
          "budgeted plan converts. Spiking saves compute but moves membrane potentials; int8 cuts weight reads.")
 
 st.subheader("Per layer × linear")
 view = table.drop(columns=["dense_bytes"])
+if plan_ids:  # the planner's own recommendation, per linear
+    mine = plan_rows[plan_rows["selected"].astype(bool)][["layer", "site", "choice"]]
+    view = view.merge(mine.rename(columns={"choice": "planner_choice"}), on=["layer", "site"], how="left")
 ui.frame(view.round(4), key="per_linear")
 ui.what("every block linear: its widths, the spike sparsity measured when converted, the activation sparsity your "
         "scans recorded at its input (teal_sparsity@0.1, ID text), bytes and µJ per token each lever saves, the Δppl "
