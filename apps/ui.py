@@ -131,3 +131,11 @@ def ids(kind: str, table_name: str, model: str | None = None) -> list[str]:
     """Complete runs of `kind` holding `table_name` (of `model` if given), newest first."""
     runs = complete(kind, table_name)
     return list(runs.loc[runs["model"] == model, "run_id"] if model is not None else runs["run_id"])
+
+
+def energy(uJ: float) -> str:
+    """'69.5 mJ' / '812 µJ' / '3.1 nJ': an energy in µJ in a readable unit."""
+    for unit, scale in (("J", 1e6), ("mJ", 1e3), ("µJ", 1.0), ("nJ", 1e-3)):
+        if abs(uJ) >= scale:
+            return f"{uJ / scale:.4g} {unit}"
+    return f"{uJ * 1e6:.4g} pJ"

@@ -120,7 +120,10 @@ def visit(url: str, out: Path | str | None = None, timeout_ms: float = 60_000) -
                 result["switch_s"][nav] = time.perf_counter() - start
             result["errors"][nav] = page.locator(EXCEPTION).all_inner_texts()
             result["headings"][nav] = page.locator("h1, h2, h3").all_inner_texts()
-            if out:
+            if out:  # tables and the lower charts finish drawing after the first meaningful paint
+                page.wait_for_function("() => !document.querySelector('[data-testid=\"stSkeleton\"]')",
+                                       timeout=timeout_ms)
+                page.wait_for_timeout(1500)
                 page.screenshot(path=str(out / f"{path or 'harvest'}.png"), full_page=True)
         browser.close()
     return result

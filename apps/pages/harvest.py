@@ -53,12 +53,12 @@ dense_ppl = quality.loc[quality["scope"] == "dense", "value"]
 dense_ppl = float(dense_ppl.iloc[0]) if len(dense_ppl) else math.nan
 
 c = st.columns(4)
-c[0].metric("dense µJ/token (block linears)", f"{table['dense_uJ'].sum():.4g}",
+c[0].metric("dense, per token (block linears)", ui.energy(table["dense_uJ"].sum()),
             f"{table['dense_bytes'].sum() / 1e6:.3g} MB/token", delta_color="off")
 for col, lever, name in ((c[1], "spike", "spike conversion"), (c[2], "act", "activation sparsity"),
                          (c[3], "int8", "int8 weights")):
     saved = table[f"{lever}_uJ_saved"].sum(min_count=1)
-    col.metric(f"{name} saves (µJ/token)", "—" if pd.isna(saved) else f"{saved:.4g}",
+    col.metric(f"{name} saves, per token", "—" if pd.isna(saved) else ui.energy(saved),
                "not recorded" if pd.isna(saved) else f"{saved / table['dense_uJ'].sum():.1%} of dense",
                delta_color="off")
 ui.what("per token, summed over the block linears: the energy of the dense model and what each lever alone would "
@@ -84,17 +84,19 @@ else:
     budget = pct / 100 * dense_ppl
     chosen = harvest.choose(candidates, budget, unit)
     picked = chosen[chosen["selected"]]
+    estimated = "measured" in chosen and not chosen["measured"].astype(bool).all()
     m = st.columns(3)
     m[0].metric("options chosen", f"{len(picked)} of {chosen[unit].drop_duplicates().shape[0]} "
                 f"{'linears' if unit != 'layer' else 'layers'}")
-    m[1].metric("energy saved (µJ/token)", f"{picked['uJ_saved'].sum():.4g}",
+    m[1].metric("energy saved, per token", ui.energy(picked["uJ_saved"].sum()),
                 f"{picked['uJ_saved'].sum() / table['dense_uJ'].sum():.1%} of dense", delta_color="off")
     m[2].metric("Δppl (sum of per-option estimates)", f"{picked['dppl'].clip(lower=0).sum():+.4g}",
                 f"budget {budget:.4g} (dense ppl {dense_ppl:.4g})", delta_color="off")
     ui.frame(picked.drop(columns=["selected"]), key="picked")
     ui.what(f"the options from {source} that save the most energy with their summed Δppl within the budget "
-            "(exact multiple-choice knapsack; one option per unit). int8 Δppl is the compare run's whole-model "
-            "figure shared out by bytes (measured=False): an estimate until the plan is applied.")
+            "(exact multiple-choice knapsack; one option per unit)"
+            + (". int8 Δppl is the compare run's whole-model figure shared out by bytes (measured=False): an "
+               "estimate until the plan is applied." if estimated else "."))
     spike_plan = ui.manifest(spike_id).get("config", {}).get("plan", {}).get("rules", [{}])
     plan = harvest.plan_for(picked, spike_plan[0].get("params", {}) if spike_plan else {},
                             name=f"harvest {model} budget {pct:g}%")
