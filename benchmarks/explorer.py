@@ -84,9 +84,9 @@ def serve(runs: Path | str, port: int | None = None, timeout: float = 120):
 
 
 def _drawn(page, title: str, timeout_ms: float) -> None:
-    """Wait until the page title is shown, Streamlit has stopped running the script, and any chart is drawn."""
+    """Wait until the page's title is shown (its script has started), the script has finished, and a chart is drawn."""
     page.get_by_role("heading", name=title, exact=True).first.wait_for(timeout=timeout_ms)
-    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout_ms)
+    page.locator('[data-testid="stApp"][data-test-script-state="notRunning"]').wait_for(timeout=timeout_ms)
     if page.locator('[data-testid="stPlotlyChart"]').count():
         page.locator('[data-testid="stPlotlyChart"] .main-svg').first.wait_for(timeout=timeout_ms)
 
