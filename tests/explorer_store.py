@@ -90,9 +90,10 @@ def _contract_runs(store: RunStore, model: str, rng: np.random.Generator) -> Non
     plan = store.create({"kind": "plan", "model": model})
     rows = [{"layer": layer, "site": "mlp.W_out", "choice": choice, "params": json.dumps(params),
              "bytes_saved": saved * 1000, "time_saved_s": 0.0, "energy_saved_uJ": saved, "delta_ppl_est": dppl,
-             "selected": choice == "teal"}
+             "selected": choice == "sparse 0.5"}
             for layer in (0, 1) for choice, params, saved, dppl in (
-                ("dense", {}, 0.0, 0.0), ("teal", {"lever": "teal", "sparsity": 0.5}, 0.4, 0.01),
-                ("int8", {"lever": "quant", "bits": 8}, 0.9, 0.02))]
+                ("dense", {}, 0.0, 0.0), ("sparse 0.5", {"sparsity": 0.5, "weights": "fp32"}, 0.4, 0.01),
+                ("int8", {"sparsity": 0.0, "weights": "int8"}, 0.9, 0.02))]
     plan.finalize({"plan": pd.DataFrame(rows)})
-    plan.write_file("plan.yaml", "name: planner\nrules:\n- lever: teal\n  params: {sparsity: 0.5}\n  layers: [0, 1]\n")
+    plan.write_file("plan.yaml", "name: planner\nrules:\n- lever: sparse\n  params: {sparsity: 0.5, weights: fp32}\n"
+                    "  layers: [0, 1]\n  sites: [mlp.W_out]\n")

@@ -95,7 +95,7 @@ def test_budget_slider_recomputes_the_plan(explorer_store, monkeypatch):
     labels = {b.label for b in at.get("download_button")}
     assert labels >= {"Download plan YAML", "Download the planner's own plan.yaml"}
     per_linear = frame_with(at, "widths")  # the planner's recommendation is marked per linear
-    assert set(per_linear["planner_choice"].dropna()) == {"teal"}
+    assert set(per_linear["planner_choice"].dropna()) == {"sparse 0.5"}
 
 
 def test_harvest_without_a_planner_run_plans_from_spike_and_compare(explorer_store, tmp_path, monkeypatch):
@@ -189,6 +189,13 @@ def test_plan_yaml_round_trips_to_the_intervene_plan():
     back = Plan.from_dict(plan.to_dict())
     assert [(r.lever, r.params, r.layers) for r in back.rules] == [("spike", {"k": 3, "coding": "bitwise"}, [3]),
                                                                      ("quant", {"bits": 8}, [5])]
+    planner = pd.DataFrame({"layer": [2, 2, -1], "site": ["mlp.W_out", "attn.W_Q", "lm_head"],
+                            "choice": ["int8+sparse 0.5", "dense", "int8"],
+                            "params": ['{"sparsity": 0.5, "weights": "int8"}', "{}",
+                                       '{"sparsity": 0.0, "weights": "int8"}']})
+    rules = harvest.plan_for(planner).rules  # `sparsescope plan` rows: sparse-lever rules; dense and the head add none
+    assert [(r.lever, r.params, r.layers, r.sites) for r in rules] == [
+        ("sparse", {"sparsity": 0.5, "weights": "int8"}, [2], ["mlp.W_out"])]
 
 
 # -- `sparsescope app` bad input -----------------------------------------------------------------------------------

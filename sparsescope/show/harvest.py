@@ -191,18 +191,21 @@ def choose(candidates: pd.DataFrame, budget: float, unit: str | list[str] = "lay
 def plan_for(selected: pd.DataFrame, spike_params: dict | None = None, name: str = "harvest") -> Plan:
     """The intervene Plan of a choice: one rule per chosen option (layer, and site where the option has one).
 
-    A `choice` of 'spike' uses `spike_params` (the spike run's own parameters), 'int8' is quant bits=8; any other
-    choice (a planner row) names its lever and carries its parameters as JSON in `params`.
+    A `choice` of 'spike' uses `spike_params` (the spike run's own parameters), 'int8' is quant bits=8; a planner
+    row (`params` = JSON of the sparse lever's parameters, as `sparsescope plan` stores them) becomes a `sparse`
+    rule; rows without parameters (dense) and the LM head (not a block linear; `sparsescope plan` sets its
+    format) add no rule.
     """
     rules = []
     for r in selected.itertuples(index=False):
         sites = [r.site] if "site" in selected.columns and isinstance(r.site, str) else None
-        if r.choice == "spike":
+        if isinstance(getattr(r, "params", None), str):  # a `sparsescope plan` row
+            lever, params = "sparse", json.loads(r.params)
+            if not params or int(r.layer) < 0:
+                continue
+        elif r.choice == "spike":
             lever, params = "spike", dict(spike_params or {})
-        elif r.choice == "int8":
+        else:  # "int8"
             lever, params = "quant", {"bits": 8}
-        else:
-            params = json.loads(r.params) if isinstance(getattr(r, "params", None), str) else {}
-            lever = params.pop("lever", r.choice)
         rules.append(Rule(lever, params, layers=[int(r.layer)], sites=sites))
     return Plan(rules, name=name)
