@@ -8,7 +8,7 @@ from sparsescope.show import figures
 st.title("SAE features")
 chosen = ui.pick("sae", "SAE runs", "sae_runs", multi=True, table_name="sae_metrics")
 if not chosen:
-    ui.needs("sparsescope sae --site blocks.6.mlp.hook_post", "SAE run (kind `sae`)")
+    ui.needs("sparsescope sae train --site blocks.6.mlp.hook_post", "SAE run (kind `sae`)")
     st.stop()
 ui.different_models(chosen)
 metrics = ui.table("sae_metrics", chosen)
