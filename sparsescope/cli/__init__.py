@@ -8,6 +8,7 @@ from sparsescope.cli import scan, bench, spike, weights, compare  # noqa: F401,E
 from sparsescope.cli import sae  # noqa: F401,E402
 from sparsescope.cli import plan  # noqa: F401,E402
 from sparsescope.cli import circuits  # noqa: F401,E402
+from sparsescope.cli import explorer  # noqa: F401,E402  (`sparsescope app`)
 
 
 def main() -> None:  # pragma: no cover - console entry point
