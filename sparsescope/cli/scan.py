@@ -18,7 +18,8 @@ from sparsescope.errors import UserError
 @friendly
 def scan(
     model: str = MODEL,
-    suites: Optional[str] = typer.Option(None, help="Comma-separated bundled suite names or files (default: all)."),
+    suites: Optional[str] = typer.Option(None, help="Comma-separated bundled suite names or files (default: all); "
+                                         "difficulty:addition / difficulty:list_ops add difficulty ladders."),
     sites: Optional[str] = typer.Option(None, help="Sites, e.g. mlp.hook_post,blocks.3.hook_resid_post (default: all)."),
     layers: Optional[str] = typer.Option(None, help="Layers, e.g. 0,5,10-12 (default: all)."),
     metrics: Optional[str] = typer.Option(None, help="Metrics, e.g. hoyer,near_zero_frac@0.1 (default: all)."),
@@ -27,6 +28,10 @@ def scan(
     seed: int = typer.Option(0, help="Seed of generated suites and ladders."),
     batch_size: int = typer.Option(8, help="Prompts per forward pass."),
     max_tokens: int = typer.Option(256, help="Truncate prompts to this many tokens."),
+    window: int = typer.Option(32, help="Tokens per prompt that count, at the same positions for every prompt "
+                               "(after position 0 and a suite-wide shared prefix); shorter prompts are left out."),
+    unmatched: bool = typer.Option(False, "--unmatched", help="Count every token of whole prompts instead (the "
+                                   "UNMATCHED view: prompt length and position confound ID vs OOD)."),
     resume: Optional[str] = typer.Option(None, help="Finish an interrupted run: its id, or 'last'."),
     report: bool = typer.Option(True, help="Write the HTML report when done."),
     runs_dir: Optional[Path] = RUNS_DIR,
@@ -35,6 +40,7 @@ def scan(
     from sparsescope import __version__
     from sparsescope.probes import CORRUPTIONS, DEFAULT_SUITES, ladder_spec, load_suites
     from sparsescope.record import RecordConfig, Recorder
+    from sparsescope.record.accuracy import ANSWERS, answer_accuracy
     from sparsescope.record.recorder import part_key
     from sparsescope.store import RunStore
 
@@ -52,6 +58,7 @@ def scan(
         model, suites, sites, layers, metrics = (cfg["model"], ",".join(cfg["suites"]), cfg["sites"], cfg["layers"],
                                                  cfg["metrics"])
         batch_size, max_tokens = cfg["batch_size"], cfg["max_tokens"]
+        window, unmatched = cfg.get("window", 0), False
         ladders, seed = cfg.get("ladders"), cfg.get("seed", 0)
     names = split_list(suites) or list(DEFAULT_SUITES)
     corruptions = split_list(ladders) or []
@@ -59,7 +66,7 @@ def scan(
     if unknown:
         raise UserError(f"unknown ladder {unknown[0]!r}; choose from {','.join(CORRUPTIONS)}")
     config = RecordConfig(sites=split_list(sites), layers=parse_layers(layers), metrics=metrics,
-                          batch_size=batch_size, max_tokens=max_tokens)
+                          batch_size=batch_size, max_tokens=max_tokens, window=0 if unmatched else window)
     lm = load(model)
     recorder = Recorder(lm, config)  # validates sites/layers/metrics before anything is written
     suite_objs = load_suites(names + [f"ladder:{c}" for c in corruptions], tokenizer=lm.tokenizer, seed=seed)
@@ -69,14 +76,16 @@ def scan(
                     "suites": names, "package_version": __version__, "seed": seed,
                     "ladders": {c: ladder_spec(prose, c, seed=seed, tokenizer=lm.tokenizer) for c in corruptions},
                     "config": {"model": model, "suites": names, "sites": sites, "layers": layers, "metrics": metrics,
-                               "ladders": ladders, "seed": seed, "batch_size": batch_size, "max_tokens": max_tokens},
+                               "ladders": ladders, "seed": seed, "batch_size": batch_size, "max_tokens": max_tokens,
+                               "window": config.window},
                     "suite_sources": {s.name: {"source": s.source, "license": s.license} for s in suite_objs}}
         run = store.create(manifest, run_id=None)
     done = run.done_parts()
     todo = [s for s in suite_objs if part_key(s) not in done]
-    total = sum(len(i) for s in todo for i in recorder.tokenize([p.text for p in s.prompts]))
+    total = recorder.planned_tokens(todo)  # also refuses a window longer than every prompt of a suite, up front
+    view = f"matched {config.window}-token windows" if config.window else "UNMATCHED whole prompts"
     console.print(f"run [bold]{run.run_id}[/]: {len(recorder.targets)} sites × {len(recorder.metrics)} metrics, "
-                  f"{len(todo)} suites to record ({len(done)} already done), {total} tokens")
+                  f"{len(todo)} suites to record ({len(done)} already done), {total} tokens, {view}")
     start = time.perf_counter()
     with token_progress(total, "scan") as bar:
         task = bar.add_task("scan", total=total, rate="")
@@ -89,6 +98,10 @@ def scan(
         try:
             recorder.run(todo, run_id=run.run_id, progress=advance, on_suite=lambda key, part: run.write_part(
                 key, {"activations": part.activations, "prompts": part.prompts, "neurons": part.neurons}))
+            tasks = [s for s in suite_objs if any(p.answer for p in s.prompts)]
+            if tasks and ANSWERS not in done:  # difficulty ladders: the model's own accuracy per level
+                with console.status(f"greedy answers to {sum(len(s.prompts) for s in tasks)} task prompts"):
+                    run.write_part(ANSWERS, {ANSWERS: answer_accuracy(lm, tasks)})
         except BaseException as e:  # Ctrl-C or a failure: keep the finished suites, say how to resume
             run.mark_incomplete(f"interrupted: {type(e).__name__}")
             raise
