@@ -25,6 +25,7 @@ from .store import RunDir, atomic_write_text
 
 DEFAULT_SITES = ("mlp.hook_post", "hook_resid_post", "attn.hook_z")
 ID, OOD = "id", "ood"
+DIFF = "ood_minus_id"  # the one sign convention for differences, everywhere
 FIRE_BINS = 50
 
 
@@ -67,7 +68,7 @@ def split_means(rows: pd.DataFrame) -> pd.DataFrame:
 
 def summary_table(activations: pd.DataFrame, metric: str = "hoyer", threshold: float | None = None,
                   sites: tuple[str, ...] | list[str] | None = DEFAULT_SITES) -> pd.DataFrame:
-    """Per site and layer: ID mean, OOD mean and `diff` = ID − OOD of one metric (ladder splits are left out).
+    """Per site and layer: ID mean, OOD mean and `ood_minus_id` = OOD − ID of one metric (ladder splits left out).
 
     `sites=None` keeps every site in the table; sites the run did not record are skipped.
     """
@@ -83,18 +84,18 @@ def summary_table(activations: pd.DataFrame, metric: str = "hoyer", threshold: f
                         "pick sites from that list")
     means = split_means(rows[rows["site"].isin(keep)])
     wide = means.pivot(index=["site", "layer"], columns="split", values="value").reindex(columns=[ID, OOD])
-    wide["diff"] = wide[ID] - wide[OOD]
+    wide[DIFF] = wide[OOD] - wide[ID]
     out = wide.reset_index().rename_axis(columns=None)
     out = out.sort_values(["site", "layer"], key=lambda c: c.map(keep.index) if c.name == "site" else c,
                           ignore_index=True)
-    return out[["site", "layer", ID, OOD, "diff"]]
+    return out[["site", "layer", ID, OOD, DIFF]]
 
 
 def _layer_rows(summary: pd.DataFrame) -> pd.DataFrame:
-    """`summary_table` output with one row per layer and (site, id|ood|diff) columns, sites in their order."""
+    """`summary_table` output with one row per layer and (site, id|ood|ood_minus_id) columns, sites in order."""
     sites = list(dict.fromkeys(summary["site"]))
-    wide = summary.pivot(index="layer", columns="site", values=[ID, OOD, "diff"]).swaplevel(axis=1)
-    return wide.reindex(columns=pd.MultiIndex.from_product([sites, [ID, OOD, "diff"]]))
+    wide = summary.pivot(index="layer", columns="site", values=[ID, OOD, DIFF]).swaplevel(axis=1)
+    return wide.reindex(columns=pd.MultiIndex.from_product([sites, [ID, OOD, DIFF]]))
 
 
 def print_summary(summary: pd.DataFrame, console: Console | None = None, title: str = "") -> None:
@@ -104,12 +105,12 @@ def print_summary(summary: pd.DataFrame, console: Console | None = None, title: 
     sites = list(dict.fromkeys(summary["site"]))
     for site in sites:  # short heads ('mlp.post') keep three sites within 80 columns
         short = site.replace("hook_", "")
-        for head in (f"{short}\nID", "\nOOD", "\nΔ"):
+        for head in (f"{short}\nID", "\nOOD", "\nOOD−ID"):
             table.add_column(head, justify="right", no_wrap=True)
     fmt = lambda x, sign="": "–" if pd.isna(x) else f"{x:{sign}.3f}"  # noqa: E731
     for layer, row in _layer_rows(summary).iterrows():
-        table.add_row(str(layer), *(fmt(row[(site, col)], "+" if col == "diff" else "") for site in sites
-                                    for col in (ID, OOD, "diff")))
+        table.add_row(str(layer), *(fmt(row[(site, col)], "+" if col == DIFF else "") for site in sites
+                                    for col in (ID, OOD, DIFF)))
     (console or Console()).print(table)
 
 
@@ -136,12 +137,12 @@ def heatmap(means: pd.DataFrame, name: str) -> go.Figure:
 
 
 def difference(summary: pd.DataFrame, name: str) -> go.Figure:
-    """ID − OOD per layer, one line per site."""
+    """OOD − ID per layer, one line per site."""
     fig = go.Figure()
     for site, rows in summary.groupby("site", sort=False):
-        fig.add_trace(go.Scatter(x=rows["layer"], y=rows["diff"], name=site, mode="lines+markers"))
+        fig.add_trace(go.Scatter(x=rows["layer"], y=rows[DIFF], name=site, mode="lines+markers"))
     fig.add_hline(y=0, line_color="grey", line_width=1)
-    fig.update_layout(title=f"ID − OOD {name} per layer", xaxis_title="layer", yaxis_title=f"Δ {name}")
+    fig.update_layout(title=f"OOD − ID {name} per layer", xaxis_title="layer", yaxis_title=f"OOD − ID {name}")
     return fig
 
 
@@ -219,13 +220,13 @@ pre{{background:#f6f6f6;padding:1em;overflow:auto}}</style></head>
 
 
 def _summary_html(activations: pd.DataFrame, metric: str, threshold: float | None) -> str:
-    """The ID/OOD summary as an HTML table (layers × site/ID/OOD/diff), or '' for a run without ID/OOD splits."""
+    """The ID/OOD summary as an HTML table (layers × site/ID/OOD/OOD−ID), or '' for a run without ID/OOD splits."""
     rows = metric_rows(activations, metric, threshold)
     if not rows["split"].isin([ID, OOD]).any():
         return ""
     present = set(rows["site"])
     summary = summary_table(rows, label(rows), sites=[s for s in DEFAULT_SITES if s in present] or None)
-    return (f"<h2>ID vs OOD {html.escape(label(rows))} (diff = ID − OOD)</h2>\n"
+    return (f"<h2>ID vs OOD {html.escape(label(rows))} (ood_minus_id = OOD − ID)</h2>\n"
             + _layer_rows(summary).to_html(float_format=lambda x: f"{x:.4f}", na_rep="–"))
 
 
@@ -283,15 +284,24 @@ def layer_groups(prompts: pd.DataFrame) -> pd.DataFrame:
             .agg(value=("value", "mean"), n_tokens=("n_tokens", "first")).reset_index())
 
 
+def _sources(prompts: pd.DataFrame) -> pd.Series:
+    """Source text (the bootstrap unit) per (suite, split, prompt_id); the prompt itself when not recorded."""
+    first = prompts.drop_duplicates(["suite", "split", "prompt_id"]).set_index(["suite", "split", "prompt_id"])
+    if "source_id" in first.columns:
+        return first["source_id"].astype(str)
+    return pd.Series(["/".join(map(str, k)) for k in first.index], index=first.index)
+
+
 def statistics(prompts: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict[str, pd.DataFrame]:
     """The run's statistic tables from its `prompts` table, as far as its splits allow.
 
-    effects: `effect_table` OOD vs ID over hoyer and near_zero_frac@0.1 (Holm over all its rows);
+    effects: `effect_table` OOD vs ID over hoyer and near_zero_frac@0.1, pooled (family "all") and per OOD suite
+    (Holm over the rows of each family's block);
     trends: `trend_table` per ladder (column `ladder`), per layer and per layer group (`group`: layer or
     early/middle/late); ladder_means: `split_means` of the layer groups along each ladder;
     detector: `leave_family_out` with OOD suites as families, the sparsity profile (hoyer, near_zero_frac@0.1,
-    teal_sparsity@0.1 on all recorded sites and layers) against the perplexity and max-softmax baselines
-    (when the run has the logits rows).
+    teal_sparsity@0.1 on all recorded sites and layers) against every `baseline_scores` column and their logistic
+    regression, CIs from a bootstrap over source texts.
     """
     from .ood import baseline_scores, leave_family_out, profiles
     from .stats import effect_table, ladders, split_means, trend_table
@@ -299,14 +309,18 @@ def statistics(prompts: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict
     out = {}
     splits = set(prompts["split"])
     if {ID, OOD} <= splits:
-        out["effects"] = effect_table(_metric_pairs(prompts, EFFECT_METRICS), ID, OOD, n_boot=n_boot, seed=seed)
-        ood_rows = prompts[prompts["split"] == OOD]
-        if ood_rows["suite"].nunique() >= 2:
+        rows = _metric_pairs(prompts, EFFECT_METRICS)
+        ood_suites = sorted(rows.loc[rows["split"] == OOD, "suite"].unique())
+        blocks = [("all", rows)] + [(f, rows[(rows["split"] == ID) | (rows["suite"] == f)]) for f in ood_suites]
+        out["effects"] = pd.concat([effect_table(r, ID, OOD, n_boot=n_boot, seed=seed).assign(family=f)
+                                    for f, r in blocks], ignore_index=True)  # Holm within each family's block
+        if len(ood_suites) >= 2:
             X, y = profiles(_metric_pairs(prompts, PROFILE_METRICS))
-            has_logits = (prompts["site"] == "logits").any()  # encoders (no LM head) have no baseline scores
-            base = baseline_scores(prompts) if has_logits else None
+            base = baseline_scores(prompts)  # encoders (no LM head): token count only, with a notice
             families = X.index.get_level_values("suite")
-            out["detector"] = leave_family_out(X, y, families, baselines=base, n_boot=n_boot, seed=seed)
+            groups = _sources(prompts).reindex(X.index).to_numpy()
+            out["detector"] = leave_family_out(X, y, families, baselines=base, groups=groups, n_boot=n_boot,
+                                               seed=seed)
     names = ladders(prompts)
     if names:
         rows = _metric_pairs(prompts, PROFILE_METRICS)
@@ -327,15 +341,18 @@ def statistics(prompts: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict
 
 
 def effect_summary(effects: pd.DataFrame) -> pd.DataFrame:
-    """Per site and metric: layers tested, Holm-significant (up / down), and the layer with the largest |g|."""
+    """Per family, site and metric: layers tested, Holm-significant (up = OOD − ID > 0 / down), and the layer with
+    the largest |g|."""
     from .stats import n_significant
 
+    effects = effects if "family" in effects.columns else effects.assign(family="all")
     counts = n_significant(effects, method="holm")
+    keys = ["family", "site", "metric", "threshold"]
     top = effects.loc[effects["g"].abs().fillna(-1).groupby(
-        [effects["site"], effects["metric"], effects["threshold"].fillna(-1)], sort=True).idxmax()]
-    top = top[["site", "metric", "threshold", "layer", "mean_a", "mean_b", "diff", "diff_lo", "diff_hi",
+        [effects["family"], effects["site"], effects["metric"], effects["threshold"].fillna(-1)], sort=True).idxmax()]
+    top = top[[*keys, "layer", "mean_a", "mean_b", DIFF, f"{DIFF}_lo", f"{DIFF}_hi",
                "g", "g_lo", "g_hi", "p_holm"]].rename(columns={"layer": "top_layer"})
-    return counts.merge(top, on=["site", "metric", "threshold"], how="left")
+    return counts.merge(top, on=keys, how="left")
 
 
 def trend_summary(trends: pd.DataFrame) -> pd.DataFrame:
@@ -380,11 +397,12 @@ def _fmt(df: pd.DataFrame) -> str:
 
 def stats_html(stats: dict[str, pd.DataFrame]) -> list[str]:
     """HTML sections for the statistic tables of `statistics`."""
-    from .ood import roc_figure
+    from .ood import roc_figure, versus_baseline
 
     body = []
     if "effects" in stats:
-        body += ["<h2>ID vs OOD effects per layer (OOD − ID; Welch t, Holm over all rows; Hedges' g)</h2>",
+        body += ["<h2>ID vs OOD effects per layer (ood_minus_id = OOD − ID of per-prompt means; Wald test with a "
+                 "bootstrap SE over source texts, Holm within each family; Hedges' g)</h2>",
                  _fmt(effect_summary(stats["effects"]))]
     if "trends" in stats:
         body += ["<h2>Trend along corruption ladders (Spearman rho of value vs level, 95% CI)</h2>",
@@ -393,8 +411,9 @@ def stats_html(stats: dict[str, pd.DataFrame]) -> list[str]:
             body.append(ladder_bands(stats["ladder_means"], metric).to_html(full_html=False, include_plotlyjs=False))
     if "detector" in stats:
         det = stats["detector"]
-        body += ["<h2>OOD detector, leave one OOD family out (AUROC, 95% CI)</h2>",
-                 _fmt(det.drop(columns=["fpr", "tpr"])),
+        body += ["<h2>OOD detector, leave one OOD family out: profile vs best baseline (AUROC, paired 95% CI)</h2>",
+                 _fmt(versus_baseline(det)), "<h3>Every method</h3>",
+                 _fmt(det[["family", "method", "auroc", "lo", "hi", "n_id", "n_ood"]]),
                  roc_figure(det).to_html(full_html=False, include_plotlyjs=False)]
     return body
 
@@ -406,9 +425,9 @@ def print_stats(stats: dict[str, pd.DataFrame], console: Console) -> None:
     """A short terminal summary of `statistics` (sites of TERMINAL_SITES; the HTML report shows all)."""
     if "effects" in stats:
         s = effect_summary(stats["effects"])
-        s = s[s["site"].isin(TERMINAL_SITES)]
-        console.print("[bold]ID vs OOD, Holm-significant layers[/] (site, metric: significant/tested, up, down; "
-                      "largest g [CI] at layer)")
+        s = s[s["site"].isin(TERMINAL_SITES) & (s["family"] == "all")]
+        console.print("[bold]ID vs OOD, all OOD suites pooled, Holm-significant layers[/] (site, metric: "
+                      "significant/tested, up = OOD − ID > 0, down; largest g [CI] at layer)")
         for r in s.itertuples(index=False):
             name = r.metric + ("" if pd.isna(r.threshold) else f"@{r.threshold:g}")
             console.print(f"  {r.site:22} {name:20} {r.n_significant:3}/{r.n_tests:<3} up {r.n_up:3} down {r.n_down:3}"
@@ -423,8 +442,13 @@ def print_stats(stats: dict[str, pd.DataFrame], console: Console) -> None:
             console.print(f"  {r.ladder:10} {r.site:18} {name:20} {r.n_increasing:2}/{r.n_decreasing:<2} of "
                           f"{r.n_layers:<2} {rhos}", highlight=False, soft_wrap=True)
     if "detector" in stats:
-        det = stats["detector"]
-        console.print("[bold]OOD detector[/] (AUROC [CI] on the held-out family)")
-        for family, rows in det.groupby("family", sort=False):
-            cells = "  ".join(f"{r.method} {r.auroc:.2f} [{r.lo:.2f}, {r.hi:.2f}]" for r in rows.itertuples())
-            console.print(f"  {family:16} {cells}", highlight=False, soft_wrap=True)
+        from .ood import versus_baseline
+
+        console.print("[bold]OOD detector[/] (AUROC \\[CI] on the held-out family: sparsity profile, best baseline, "
+                      "profile − best \\[paired CI])")
+        for r in versus_baseline(stats["detector"]).itertuples():
+            best = "" if not isinstance(r.best_baseline, str) else (
+                f"  {r.best_baseline} {r.baseline:.2f} [{r.baseline_lo:.2f}, {r.baseline_hi:.2f}]"
+                f"  {r.profile_minus_best:+.2f} [{r.lo:+.2f}, {r.hi:+.2f}]")
+            console.print(f"  {r.family:16} profile {r.profile:.2f} [{r.profile_lo:.2f}, {r.profile_hi:.2f}]{best}",
+                          highlight=False, soft_wrap=True)

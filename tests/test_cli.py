@@ -14,7 +14,7 @@ runner = CliRunner()
 
 def scan(model_dir, runs, *extra):
     return runner.invoke(app, ["scan", "--model", str(model_dir), "--suites", "prose,random_tokens",
-                               "--max-tokens", "32", "--runs-dir", str(runs), *extra])
+                               "--max-tokens", "32", "--window", "16", "--runs-dir", str(runs), *extra])
 
 
 def test_scan_report_runs_and_query(model_dir, tmp_path):
