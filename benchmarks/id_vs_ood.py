@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from sparsescope.ood import versus_baseline
-from sparsescope.report import DIFF, GROUPS, effect_summary, statistics
+from sparsescope.harvest.summary import DIFF, GROUPS, effect_summary, statistics
 from sparsescope.stats import bootstrap_ci, effect_table, n_significant
 from sparsescope.store import RunStore
 
