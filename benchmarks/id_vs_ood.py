@@ -125,9 +125,9 @@ def main() -> None:
     args = ap.parse_args()
     store = RunStore(args.runs_dir)
     run = store.open(args.run)
-    prompts = run.read("prompts")
+    prompts = run.read("prompts", allow_incomplete=True)  # a scan still answering its task prompts: done suites
     window = int(prompts["window"].iloc[0]) if "window" in prompts.columns else 0
-    print(f"## {run.manifest.get('model')} — run `{run.run_id}`, "
+    print(f"## {run.manifest.get('model')} — run `{run.run_id}` ({run.status}), "
           + (f"matched {window}-token windows" if window else "UNMATCHED whole prompts"))
     counts = prompts[prompts["site"] != "logits"].drop_duplicates(["suite", "split", "prompt_id"])
     print("\nPrompts per suite:", ", ".join(f"{s} {n}" for s, n in counts.groupby("suite", sort=False).size().items()))
@@ -144,15 +144,15 @@ def main() -> None:
         wide = det.pivot(index="family", columns="method", values="auroc").round(2)
         print("\nEvery method's AUROC on the held-out family:\n")
         print(markdown(wide.reset_index()))
-    if "answers" in run.manifest.get("tables", {}):
+    if "answers" in run.manifest.get("tables", {}) or "answers" in run.done_parts():
         print("\n### Difficulty ladders: accuracy and mlp.hook_post hoyer per level\n")
-        print(markdown(difficulty_table(stats, run.read("answers"), args.n_boot)))
+        print(markdown(difficulty_table(stats, run.read("answers", allow_incomplete=True), args.n_boot)))
     if "trends" in stats:
         ladders = tuple(sorted(set(stats["trends"]["ladder"])))
         print("\n### Trends along ladders, hoyer (Spearman rho vs level per layer group, 95% CI)\n")
         print(markdown(trend_rows(stats, ladders)))
     if args.unmatched:
-        before = store.open(args.unmatched).read("prompts")
+        before = store.open(args.unmatched).read("prompts", allow_incomplete=True)
         sites, suites = set(before["site"]) - {"logits"}, set(before["suite"])
         keep = lambda p: p[p["site"].isin(sites) & p["suite"].isin(suites) & p["split"].isin(["id", "ood"])]  # noqa
         rows = []
