@@ -48,7 +48,8 @@ def effect_counts(effects: pd.DataFrame) -> pd.DataFrame:
         if r.family != "all":
             continue
         rows = effects[(effects["family"] == "all") & (effects["site"] == r.site) & (effects["metric"] == r.metric)]
-        out.append({"site": r.site, "metric": _name(r.metric, r.threshold), "significant": f"{r.n_significant}/{r.n_tests}",
+        out.append({"site": r.site, "metric": _name(r.metric, r.threshold),
+                    "significant": f"{r.n_significant}/{r.n_tests}",
                     "up (OOD sparser)": f"{r.n_up} ({layers_of(rows, 1)})",
                     "down (OOD denser)": f"{r.n_down} ({layers_of(rows, -1)})",
                     "largest |g|: layer, id → ood, ood_minus_id [CI]":
@@ -75,11 +76,13 @@ def family_counts(effects: pd.DataFrame, site: str = "mlp.hook_post", metric: st
 def detector_table(det: pd.DataFrame) -> pd.DataFrame:
     v = versus_baseline(det)
     verdict = np.where(v["lo"] > 0, "profile better", np.where(v["hi"] < 0, "baseline better", "no difference"))
-    return pd.DataFrame({"held-out family": v["family"], "n_ood / n_id": [f"{a} / {b}" for a, b in zip(v.n_ood, v.n_id)],
+    return pd.DataFrame({"held-out family": v["family"],
+                         "n_ood / n_id": [f"{a} / {b}" for a, b in zip(v.n_ood, v.n_id)],
                          "sparsity profile": [_ci(*x, ".2f") for x in zip(v.profile, v.profile_lo, v.profile_hi)],
                          "best baseline": v["best_baseline"],
                          "its AUROC": [_ci(*x, ".2f") for x in zip(v.baseline, v.baseline_lo, v.baseline_hi)],
-                         "profile − best [paired CI]": [_ci(*x, "+.2f") for x in zip(v.profile_minus_best, v.lo, v.hi)],
+                         "profile − best [paired CI]": [_ci(*x, "+.2f")
+                                                        for x in zip(v.profile_minus_best, v.lo, v.hi)],
                          "verdict": verdict})
 
 

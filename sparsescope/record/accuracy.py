@@ -35,7 +35,8 @@ def answer_accuracy(lm: LoadedModel, suites: Sequence, progress: Callable[[int],
     """
     tasks = [s for s in suites if any(p.answer for p in s.prompts)]
     if tasks and not lm.causal:
-        raise UserError(f"{lm.name} has no LM head, so it cannot answer difficulty prompts; drop the difficulty: suites")
+        raise UserError(f"{lm.name} has no LM head, so it cannot answer difficulty prompts; "
+                        "drop the difficulty: suites")
     rows = []
     for suite in tasks:
         for p in suite.prompts:

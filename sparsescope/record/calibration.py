@@ -51,8 +51,9 @@ def calibrate(lm: LoadedModel, texts: str | Sequence[str], seq_len: int = 256, m
         def hook(module, args, kwargs):
             x = (args[0] if args else kwargs["input"]).detach().float()
             x = x.reshape(-1, x.shape[-1])
-            st = stats.setdefault(name, {"sq": torch.zeros(x.shape[1], dtype=torch.float64), "abs_sample": torch.empty(0),
-                                         "keys": torch.empty(0), "n_tokens": torch.tensor(0)})
+            st = stats.setdefault(name, {"sq": torch.zeros(x.shape[1], dtype=torch.float64),
+                                         "abs_sample": torch.empty(0), "keys": torch.empty(0),
+                                         "n_tokens": torch.tensor(0)})
             st["sq"] += x.pow(2).sum(0, dtype=torch.float64)
             st["n_tokens"] += x.shape[0]
             values = torch.cat([st["abs_sample"], x.abs().flatten()])

@@ -142,7 +142,8 @@ class Recorder:
         longest = max(map(len, ids))
         if not len(kept):
             raise UserError(f"the {w}-token window (positions {start}–{start + w - 1}) is longer than every prompt "
-                            f"of suite {suite.name!r} (longest {longest} tokens); pass --window {max(2, longest - start)}"
+                            f"of suite {suite.name!r} (longest {longest} tokens); pass --window "
+                            f"{max(2, longest - start)}"
                             " or less, or --unmatched")
         if len(kept) < len(ids):
             warnings.warn(f"suite {suite.name!r}: {len(ids) - len(kept)} of {len(ids)} prompts are shorter than the "
