@@ -2,8 +2,9 @@
 
     PYTHONPATH=. .venv/bin/python benchmarks/id_vs_ood.py RUN [--unmatched RUN] [--runs-dir DIR] [--n-boot 1000]
 
-RUN is a matched-window scan (the default `sparsescope scan`); --unmatched names a `scan --unmatched` run of the
-same model whose effect counts are shown beside the matched ones (same statistics code, same suites and sites).
+RUN is a matched-window scan (the default `sparsescope scan`); with --unmatched RUN2 (a `scan --unmatched` run of
+the same model) it prints only the Holm-significant layer counts of both side by side (same statistics code, same
+suites and sites).
 Every number the docs quote is printed here; nothing is copied by hand.
 """
 
@@ -134,6 +135,26 @@ def main() -> None:
           + (f"matched {window}-token windows" if window else "UNMATCHED whole prompts"))
     counts = prompts[prompts["site"] != "logits"].drop_duplicates(["suite", "split", "prompt_id"])
     print("\nPrompts per suite:", ", ".join(f"{s} {n}" for s, n in counts.groupby("suite", sort=False).size().items()))
+    if args.unmatched:  # only the before/after counts
+        before = store.open(args.unmatched).read("prompts", allow_incomplete=True)
+        sites, suites = set(before["site"]) - {"logits"}, set(before["suite"])
+        keep = lambda p: p[p["site"].isin(sites) & p["suite"].isin(suites) & p["split"].isin(["id", "ood"])]  # noqa
+        rows = []
+        for label, p in (("unmatched (whole prompts)", keep(before)), (f"matched {window}-token windows",
+                                                                        keep(prompts))):
+            pairs = np.zeros(len(p), dtype=bool)
+            for metric, t in COUNT_METRICS:
+                same = p["threshold"].isna().to_numpy() if math.isnan(t) else np.isclose(p["threshold"], t)
+                pairs |= (p["metric"] == metric).to_numpy() & same
+            n = n_significant(effect_table(p[pairs], n_boot=args.n_boot))
+            for r in n.itertuples(index=False):
+                rows.append({"view": label, "site": r.site, "metric": _name(r.metric, r.threshold),
+                             "significant / up / down": f"{r.n_significant} / {r.n_up} / {r.n_down} of {r.n_tests}"})
+        print("\n### Holm-significant layers before and after length control (same suites, sites, statistics)\n")
+        table = pd.DataFrame(rows).pivot(index=["site", "metric"], columns="view",
+                                         values="significant / up / down").reset_index()
+        print(markdown(table))
+        return
     stats = statistics(prompts, n_boot=args.n_boot)
     if "effects" in stats:
         print("\n### ID vs OOD effects, all OOD suites pooled (Holm within the pooled block)\n")
@@ -154,25 +175,6 @@ def main() -> None:
         ladders = tuple(sorted(set(stats["trends"]["ladder"])))
         print("\n### Trends along ladders, hoyer (Spearman rho vs level per layer group, 95% CI)\n")
         print(markdown(trend_rows(stats, ladders)))
-    if args.unmatched:
-        before = store.open(args.unmatched).read("prompts", allow_incomplete=True)
-        sites, suites = set(before["site"]) - {"logits"}, set(before["suite"])
-        keep = lambda p: p[p["site"].isin(sites) & p["suite"].isin(suites) & p["split"].isin(["id", "ood"])]  # noqa
-        rows = []
-        for label, p in (("unmatched (whole prompts)", keep(before)), (f"matched {window}-token windows",
-                                                                        keep(prompts))):
-            pairs = np.zeros(len(p), dtype=bool)
-            for metric, t in COUNT_METRICS:
-                pairs |= (p["metric"] == metric).to_numpy() & (
-                    p["threshold"].isna() if math.isnan(t) else np.isclose(p["threshold"], t)).to_numpy()
-            n = n_significant(effect_table(p[pairs], n_boot=args.n_boot))
-            for r in n.itertuples(index=False):
-                rows.append({"view": label, "site": r.site, "metric": _name(r.metric, r.threshold),
-                             "significant / up / down": f"{r.n_significant} / {r.n_up} / {r.n_down} of {r.n_tests}"})
-        print("\n### Holm-significant layers before and after length control (same suites, sites, statistics)\n")
-        table = pd.DataFrame(rows).pivot(index=["site", "metric"], columns="view",
-                                         values="significant / up / down").reset_index()
-        print(markdown(table))
 
 
 if __name__ == "__main__":
