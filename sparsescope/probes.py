@@ -37,7 +37,7 @@ DEFAULT_SUITES: tuple[str, ...] = (
     "tabular_logs", "latex_math", "rare_scripts", "systems_code", "manual_prose",  # independent of the ID texts
 )
 TASKS: dict[str, tuple[int, ...]] = {"addition": (1, 2, 3, 4, 5, 6), "list_ops": (1, 2, 3, 4, 5)}  # difficulty levels
-TEXTS: tuple[str, ...] = ("heldout", "calibration")
+TEXTS: tuple[str, ...] = ("heldout", "calibration", "train")
 CORRUPTIONS: tuple[str, ...] = ("shuffle", "replace", "char_noise", "base64")
 LEVELS: tuple[int, ...] = (0, 10, 25, 50, 100)
 SUFFIXES: tuple[str, ...] = (".yaml", ".yml", ".jsonl", ".txt")
@@ -93,8 +93,8 @@ def load_suites(names: Sequence[str] | None = None, tokenizer=None, seed: int = 
 
 
 def load_text(name_or_path: str) -> str:
-    """A bundled corpus from data/ ("heldout": perplexity text, "calibration": threshold fitting) or a
-    UTF-8 text file."""
+    """A bundled corpus from data/ ("heldout": perplexity text, "calibration": threshold fitting, "train": SAE
+    training text) or a UTF-8 text file."""
     if name_or_path in TEXTS:
         return _read(_bundled(DATA_DIR) / f"{name_or_path}.txt")
     path = Path(name_or_path).expanduser()

@@ -205,13 +205,7 @@ class Recorder:
         batch: dict = {}
         try:
             for key in self.targets:
-                module, io, extract = self.lm.sites.hook(*key)
-                observe = self._observer(key, stats[key], extract, batch)
-                if io == "output":
-                    handles.append(module.register_forward_hook(lambda m, a, o, f=observe: f(o)))
-                else:
-                    handles.append(module.register_forward_pre_hook(
-                        lambda m, a, kw, f=observe: f(a[0] if a else kw["hidden_states"]), with_kwargs=True))
+                handles.append(self.lm.sites.attach(*key, self._observer(key, stats[key], batch)))
             for rows, input_ids, valid in self.batches(ids):
                 count = valid & (torch.arange(valid.shape[1]) >= start)  # the tokens whose values count
                 batch.update(valid=valid, count=count, rows=torch.tensor(rows))
@@ -235,12 +229,11 @@ class Recorder:
             logit_bytes = None
         return self._tables(suite, prompts, per_prompt, run_id, stats, logit_sums, logit_counts, logit_bytes)
 
-    def _observer(self, key: tuple[int, str], st: _SiteStats, extract, batch: dict):
+    def _observer(self, key: tuple[int, str], st: _SiteStats, batch: dict):
         site = key[1]
 
         @torch.no_grad()
-        def observe(raw) -> None:
-            t = extract(raw)
+        def observe(t) -> None:
             if t is None:
                 if site == PATTERN:
                     raise UserError("attn.hook_pattern needs eager attention; load the model with "
