@@ -31,7 +31,7 @@ def record_overhead(model: str = "smollm2-135m", suite: str = "prose", repeats: 
     lm = load_model(model)
     s = load_suites([suite], tokenizer=lm.tokenizer)[0]
     presets = presets or {"all metrics": None, "no-sort metrics": "zero_frac,near_zero_frac,hoyer"}
-    recorders = {name: Recorder(lm, RecordConfig(metrics=spec)) for name, spec in presets.items()}
+    recorders = {name: Recorder(lm, RecordConfig(metrics=spec, window=0)) for name, spec in presets.items()}
     first = next(iter(recorders.values()))
     batches = [(x, m.long()) for _, x, m in first.batches(first.tokenize(s.texts))]
     n_tokens = sum(int(m.sum()) for _, m in batches)
@@ -74,7 +74,7 @@ def _memory_child(model: str, suite: str, repeat: int) -> dict:
     lm = load_model(model)
     s = load_suites([suite], tokenizer=lm.tokenizer)[0]
     s.prompts = s.prompts[:10] * repeat
-    run = Recorder(lm, RecordConfig(metrics=MEMORY_METRICS)).record_suite(s)
+    run = Recorder(lm, RecordConfig(metrics=MEMORY_METRICS, window=0)).record_suite(s)
     return {"tokens": int(run.prompts[run.prompts.metric == "nll"].n_tokens.sum() + len(s.prompts)),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 

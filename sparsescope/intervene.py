@@ -183,6 +183,12 @@ def _resolve(lm: LoadedModel, plan: Plan) -> dict[tuple[int, str], list[Rule]]:
             if ws not in sites.weight_sites:
                 raise InterventionError(f"plan names weight site {ws!r}, which this model lacks; "
                                         f"choose from: {', '.join(sites.weight_sites)}")
+            shared = [w for w in sites.arch.fused if sites.arch.linears[w] == sites.arch.linears[ws]]
+            if ws in sites.arch.fused and not set(shared) <= set(wsites):  # a lever changes the whole module
+                raise InterventionError(
+                    f"{ws} is one slice of the fused linear {sites.arch.linears[ws]!r} it shares with "
+                    f"{', '.join(w for w in shared if w != ws)}; a lever changes the whole linear, so name all of "
+                    f"{', '.join(shared)} in the rule (or none of them)")
         for layer in layers:
             for ws in wsites:
                 key = (layer, canonical[(layer, sites.arch.linears[ws])])

@@ -34,7 +34,9 @@ DATA_DIR = ROOT / "data"
 DEFAULT_SUITES: tuple[str, ...] = (
     "prose", "chat", "code",  # in-distribution
     "multilingual", "random_tokens", "shuffled_words", "base64_hex", "char_noise",  # out-of-distribution
+    "tabular_logs", "latex_math", "rare_scripts", "systems_code", "manual_prose",  # independent of the ID texts
 )
+TASKS: dict[str, tuple[int, ...]] = {"addition": (1, 2, 3, 4, 5, 6), "list_ops": (1, 2, 3, 4, 5)}  # difficulty levels
 TEXTS: tuple[str, ...] = ("heldout", "calibration", "train")
 CORRUPTIONS: tuple[str, ...] = ("shuffle", "replace", "char_noise", "base64")
 LEVELS: tuple[int, ...] = (0, 10, 25, 50, 100)
@@ -49,6 +51,8 @@ class Prompt:
     suite: str
     split: str
     level: int = 0
+    source: str = ""  # `<suite>/<id>` of the clean text this prompt was derived from ("" = none): the bootstrap unit
+    answer: str = ""  # the expected continuation of a difficulty-ladder prompt ("" = not a task)
 
 
 @dataclass
@@ -77,7 +81,9 @@ def load_suites(names: Sequence[str] | None = None, tokenizer=None, seed: int = 
     names = [names] if isinstance(names, str) else DEFAULT_SUITES if names is None else names
     suites: list[Suite] = []
     for name in map(str, names):
-        if name.startswith("ladder:"):
+        if name.startswith("difficulty:"):
+            suites += difficulty(name.partition(":")[2], seed=seed)
+        elif name.startswith("ladder:"):
             _, corruption, *source = name.split(":", 2)
             clean = _load(source[0] if source else "prose", tokenizer, seed)
             suites += ladder(clean, corruption, seed=seed, tokenizer=tokenizer)
@@ -180,19 +186,19 @@ def _build(spec: dict[str, Any], path: Path, tokenizer, seed: int) -> Suite:
         if not isinstance(prompts, list) or not prompts:
             raise UserError(f"{path}: suite {name!r} has no prompts; "
                             f"add a non-empty 'prompts:' list (or a 'generator:')")
-        items = [_item(p, i, name, path) for i, p in enumerate(prompts)]
-    kept = [(pid, text) for pid, text in items if text.strip()]
+        items = [(*_item(p, i, name, path), "") for i, p in enumerate(prompts)]
+    kept = [(pid, text, src) for pid, text, src in items if text.strip()]
     if not kept:
         raise UserError(f"{path}: all {len(items)} prompts of suite {name!r} are empty; add text to them")
     if len(kept) < len(items):
         warnings.warn(f"{path}: dropped {len(items) - len(kept)} empty prompt(s) from suite {name!r}", stacklevel=3)
-    dups = sorted(pid for pid, n in Counter(pid for pid, _ in kept).items() if n > 1)
+    dups = sorted(pid for pid, n in Counter(pid for pid, _, _ in kept).items() if n > 1)
     if dups:
         raise UserError(f"{path}: duplicate prompt ids {dups[:5]}; give every prompt a unique id")
     if spec.get("chat_template") and getattr(tokenizer, "chat_template", None):
-        kept = [(pid, _chat(tokenizer, text)) for pid, text in kept]
+        kept = [(pid, _chat(tokenizer, text), src) for pid, text, src in kept]
         source += " (each prompt wrapped in the tokenizer's chat template)"
-    return Suite(name, split, [Prompt(pid, text, name, split) for pid, text in kept], source,
+    return Suite(name, split, [Prompt(pid, text, name, split, source=src) for pid, text, src in kept], source,
                  str(spec["license"]), family=str(spec.get("family", name)))
 
 
@@ -249,7 +255,8 @@ GENERATORS = {
 }
 
 
-def _generate(spec: dict[str, Any], path: Path, tokenizer, seed: int) -> list[tuple[str, str]]:
+def _generate(spec: dict[str, Any], path: Path, tokenizer, seed: int) -> list[tuple[str, str, str]]:
+    """(id, text, source) per generated prompt; source names the clean prompt a derived one comes from."""
     name, gen = str(spec["name"]), spec["generator"]
     if gen not in GENERATORS:
         raise UserError(f"{path}: unknown generator {gen!r}; valid: {', '.join(GENERATORS)}")
@@ -258,15 +265,16 @@ def _generate(spec: dict[str, Any], path: Path, tokenizer, seed: int) -> list[tu
         if tokenizer is None:
             raise UserError(f"suite {name!r} is generated from a tokenizer's vocabulary; pass tokenizer= "
                             f"(the model's tokenizer) or leave {name!r} out of the suites")
-        texts = [None] * n
+        texts, sources = [None] * n, [""] * n
     else:
         if "source_suite" not in spec:
             raise UserError(f"{path}: generator {gen!r} needs 'source_suite:' (a suite name or path) to corrupt")
-        clean = _load(str(spec["source_suite"]), tokenizer, seed, base=path.parent).texts
-        texts = [clean[i % len(clean)] for i in range(n)]
+        clean = _load(str(spec["source_suite"]), tokenizer, seed, base=path.parent)
+        picked = [clean.prompts[i % len(clean.prompts)] for i in range(n)]
+        texts, sources = [p.text for p in picked], [p.source or f"{clean.name}/{p.id}" for p in picked]
     fn = GENERATORS[gen]
-    return [(f"{name}-{i:03d}", fn(t, i, _rng(name, spec_seed, seed, i), spec, path, tokenizer))
-            for i, t in enumerate(texts)]
+    return [(f"{name}-{i:03d}", fn(t, i, _rng(name, spec_seed, seed, i), spec, path, tokenizer), src)
+            for i, (t, src) in enumerate(zip(texts, sources))]
 
 
 def _param(spec: dict[str, Any], key: str, path: Path, default: Any = None, *, fraction: bool = False, low: int = 1):
@@ -279,6 +287,66 @@ def _param(spec: dict[str, Any], key: str, path: Path, default: Any = None, *, f
     elif isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
         raise UserError(f"{path}: '{key}' must be an integer >= {low}, got {value!r}; fix the spec")
     return value
+
+
+# ------------------------------------------------------------------------------------ difficulty ladders
+
+LIST_OPS = {
+    "reverse it": lambda xs: xs[::-1],
+    "sort it": sorted,
+    "drop the first number": lambda xs: xs[1:],
+    "add 1 to each number": lambda xs: [x + 1 for x in xs],
+    "double each number": lambda xs: [2 * x for x in xs],
+    "drop the last number": lambda xs: xs[:-1],
+}
+
+
+def _addition_item(level: int, rng: np.random.Generator) -> tuple[str, str]:
+    lo, hi = (1, 10) if level == 1 else (10 ** (level - 1), 10**level)
+    a, b = (int(v) for v in rng.integers(lo, hi, size=2))
+    return f"{a} + {b} =", f" {a + b}"
+
+
+def _list_item(level: int, rng: np.random.Generator) -> tuple[str, str]:
+    xs = [int(v) for v in rng.integers(1, 10, size=6)]
+    steps = [list(LIST_OPS)[int(i)] for i in rng.integers(len(LIST_OPS), size=level)]
+    out = xs
+    for step in steps:
+        out = LIST_OPS[step](out)
+    return f"List: {xs}\nSteps: {', then '.join(steps)}\nResult:", f" {out}"
+
+
+TASK_ITEMS = {"addition": _addition_item, "list_ops": _list_item}
+SHOTS = {"addition": 6, "list_ops": 3}  # worked examples before each question: enough for a 32-token window
+
+
+def difficulty(task: str, levels: Sequence[int] | None = None, n: int = 20, seed: int = 0) -> list[Suite]:
+    """One suite per difficulty level of a task whose answer the model's greedy output shows.
+
+    addition: level d = two d-digit operands ("a + b =", answer " a+b"); list_ops: level k = k list operations
+    (reverse, sort, drop first/last, add 1, double) applied in turn to 6 digits. Each prompt is SHOTS[task] solved
+    examples of the same level, then the question; `Prompt.answer` holds the expected continuation. Suites are
+    named `difficulty:<task>` with split `<task>@<level>`; every prompt draws from its own seeded generator.
+    Accuracy per level: `sparsescope.record.accuracy`.
+    """
+    if task not in TASK_ITEMS:
+        raise UserError(f"unknown difficulty task {task!r}; choose from {', '.join(TASK_ITEMS)}")
+    levels = list(TASKS[task] if levels is None else levels)
+    if not levels or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1 for v in levels):
+        raise UserError(f"difficulty levels {levels} must be whole numbers ≥ 1, e.g. {TASKS[task]}")
+    name, sep = f"difficulty:{task}", "\n" if task == "addition" else "\n\n"
+    suites = []
+    for level in levels:
+        split, prompts = f"{task}@{level}", []
+        for i in range(n):
+            rng = _rng("difficulty", task, seed, level, i)
+            shots = ["".join(TASK_ITEMS[task](level, rng)) for _ in range(SHOTS[task])]
+            question, answer = TASK_ITEMS[task](level, rng)
+            prompts.append(Prompt(f"{task}-{i:03d}@{level}", sep.join([*shots, question]), name, split, level,
+                                  answer=answer))
+        source = f"Generated by sparsescope ({task}, level {level}, seed {seed})"
+        suites.append(Suite(name, split, prompts, source, "CC0-1.0", level=level, family="difficulty"))
+    return suites
 
 
 # --------------------------------------------------------------------------------------------- ladders
@@ -309,7 +377,8 @@ def ladder(texts: Sequence[str] | Suite, corruption: str, levels: Sequence[int] 
     for level in levels:
         split = f"{corruption}@{level}"
         rngs = [_rng("ladder", seed, i, corruption, level) for i in range(len(clean.prompts))]
-        prompts = [Prompt(f"{p.id}@{level}", _corrupt(p.text, corruption, Fraction(level, 100), rng, tokenizer), name, split, level)
+        prompts = [Prompt(f"{p.id}@{level}", _corrupt(p.text, corruption, Fraction(level, 100), rng, tokenizer), name,
+                          split, level, source=p.source or f"{clean.name}/{p.id}")
                    for p, rng in zip(clean.prompts, rngs)]
         source = f"{clean.name} ({clean.source}); {corruption} on {level}% of {unit}s, seed {seed}"
         suites.append(Suite(name, split, prompts, source, clean.license, level=level, family="ladder"))

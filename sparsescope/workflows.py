@@ -52,6 +52,7 @@ class ScanOptions:
     seed: int = 0  # seed of generated suites and ladders
     batch_size: int = 8  # prompts per forward pass
     max_tokens: int = 256  # prompts are truncated to this many tokens
+    window: int = 32  # matched tokens per prompt (after position 0 and a shared prefix); 0 = unmatched whole prompts
 
 
 def split_list(value: str | None) -> list[str] | None:
@@ -92,7 +93,8 @@ def _resumed(store: RunStore, resume: str) -> tuple[RunDir, ScanOptions]:
     if not cfg:
         raise UserError(f"run {run.run_id} has no readable manifest to resume from; start a new scan")
     return run, ScanOptions(cfg["model"], ",".join(cfg["suites"]), cfg["sites"], cfg["layers"], cfg["metrics"],
-                            cfg.get("ladders"), cfg.get("seed", 0), cfg["batch_size"], cfg["max_tokens"])
+                            cfg.get("ladders"), cfg.get("seed", 0), cfg["batch_size"], cfg["max_tokens"],
+                            cfg.get("window", 0))  # runs from before windows counted whole prompts
 
 
 def scan(store: RunStore, opts: ScanOptions, resume: str | None = None, load: Callable = load_model,
@@ -104,6 +106,7 @@ def scan(store: RunStore, opts: ScanOptions, resume: str | None = None, load: Ca
     """
     from sparsescope.probes import CORRUPTIONS, DEFAULT_SUITES, ladder_spec, load_suites
     from sparsescope.record import RecordConfig, Recorder
+    from sparsescope.record.accuracy import ANSWERS, answer_accuracy
     from sparsescope.record.recorder import part_key
 
     store.check_writable()
@@ -116,7 +119,7 @@ def scan(store: RunStore, opts: ScanOptions, resume: str | None = None, load: Ca
     if unknown:
         raise UserError(f"unknown ladder {unknown[0]!r}; choose from {','.join(CORRUPTIONS)}")
     config = RecordConfig(sites=split_list(opts.sites), layers=parse_layers(opts.layers), metrics=opts.metrics,
-                          batch_size=opts.batch_size, max_tokens=opts.max_tokens)
+                          batch_size=opts.batch_size, max_tokens=opts.max_tokens, window=opts.window)
     lm = load(opts.model)
     recorder = Recorder(lm, config)  # validates sites/layers/metrics before anything is written
     suite_objs = load_suites(names + [f"ladder:{c}" for c in corruptions], tokenizer=lm.tokenizer, seed=opts.seed)
@@ -129,13 +132,17 @@ def scan(store: RunStore, opts: ScanOptions, resume: str | None = None, load: Ca
                                                     for s in suite_objs}), run_id=None)
     done = run.done_parts()
     todo = [s for s in suite_objs if part_key(s) not in done]
-    total = sum(len(i) for s in todo for i in recorder.tokenize([p.text for p in s.prompts]))
+    total = recorder.planned_tokens(todo)  # also refuses a window longer than every prompt of a suite, up front
+    view = f"matched {config.window}-token windows" if config.window else "UNMATCHED whole prompts"
     announce(f"run [bold]{run.run_id}[/]: {len(recorder.targets)} sites × {len(recorder.metrics)} metrics, "
-             f"{len(todo)} suites to record ({len(done)} already done), {total} tokens")
+             f"{len(todo)} suites to record ({len(done)} already done), {total} tokens, {view}")
     try:
         recorder.run(todo, run_id=run.run_id, progress=lambda n: progress(n, total),
                      on_suite=lambda key, part: run.write_part(
                          key, {"activations": part.activations, "prompts": part.prompts, "neurons": part.neurons}))
+        tasks = [s for s in suite_objs if any(p.answer for p in s.prompts)]
+        if tasks and ANSWERS not in done:  # difficulty ladders: the model's own accuracy per level
+            run.write_part(ANSWERS, {ANSWERS: answer_accuracy(lm, tasks)})
     except BaseException as e:  # Ctrl-C or a failure: keep the finished suites, say how to resume
         run.mark_incomplete(f"interrupted: {type(e).__name__}")
         raise

@@ -14,7 +14,8 @@ from sparsescope.cli._common import RUNS_DIR, MODEL, Bar, app, console, friendly
 @friendly
 def scan(
     model: str = MODEL,
-    suites: Optional[str] = typer.Option(None, help="Comma-separated bundled suite names or files (default: all)."),
+    suites: Optional[str] = typer.Option(None, help="Comma-separated bundled suite names or files (default: all); "
+                                         "difficulty:addition / difficulty:list_ops add difficulty ladders."),
     sites: Optional[str] = typer.Option(None, help="Sites, e.g. mlp.hook_post,blocks.3.hook_resid_post "
                                         "(default: all)."),
     layers: Optional[str] = typer.Option(None, help="Layers, e.g. 0,5,10-12 (default: all)."),
@@ -24,6 +25,10 @@ def scan(
     seed: int = typer.Option(0, help="Seed of generated suites and ladders."),
     batch_size: int = typer.Option(8, help="Prompts per forward pass."),
     max_tokens: int = typer.Option(256, help="Truncate prompts to this many tokens."),
+    window: int = typer.Option(32, help="Tokens per prompt that count, at the same positions for every prompt "
+                               "(after position 0 and a suite-wide shared prefix); shorter prompts are left out."),
+    unmatched: bool = typer.Option(False, "--unmatched", help="Count every token of whole prompts instead (the "
+                                   "UNMATCHED view: prompt length and position confound ID vs OOD)."),
     resume: Optional[str] = typer.Option(None, help="Finish an interrupted run: its id, or 'last'."),
     report: bool = typer.Option(True, help="Write the HTML report when done."),
     runs_dir: Optional[Path] = RUNS_DIR,
@@ -32,7 +37,8 @@ def scan(
     from sparsescope import workflows
     from sparsescope.store import RunStore
 
-    opts = workflows.ScanOptions(model, suites, sites, layers, metrics, ladders, seed, batch_size, max_tokens)
+    opts = workflows.ScanOptions(model, suites, sites, layers, metrics, ladders, seed, batch_size, max_tokens,
+                                 0 if unmatched else window)
     with Bar("scan", "tok") as bar:
         run = workflows.scan(RunStore(runs_dir), opts, resume, load=load, announce=console.print, progress=bar)
     console.print(f"recorded in {bar.elapsed:.1f} s → {run.path}")

@@ -152,7 +152,7 @@ def _wrap(model: nn.Module, tokenizer, name: str, arch: Arch | str | None = None
         return LoadedModel(model, tokenizer or model.tokenizer, name, "hooked", sites, kind="hooked",
                            causal=True, context=model.cfg.n_ctx, **kw)
     config = model.config
-    causal = hasattr(model, "lm_head") or bool(getattr(config, "is_decoder", False))
+    causal = sites.arch.causal or bool(getattr(config, "is_decoder", False))  # from the config, not the head's name
     context = int(getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 2048)
     if tokenizer is not None and getattr(tokenizer, "pad_token_id", None) is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -80,12 +80,14 @@ class Arch:
 
     ``fused`` names weight sites that share one linear with others (GPT-2 ``c_attn``, NeoX ``query_key_value``):
     value is ``(index, count, interleave_heads)`` — which of ``count`` equal slices of the output rows it is.
+    ``causal``: whether a position attends only to earlier ones (a config with ``is_decoder`` overrides False).
     """
 
     blocks: str
     hooks: dict[str, Hook]
     linears: dict[str, str]
     fused: dict[str, tuple[int, int, bool]] = field(default_factory=dict)
+    causal: bool = True
 
 
 def _llama_like(prefix: str = "model.layers") -> Arch:
@@ -214,6 +216,7 @@ ARCHS: dict[str, Arch] = {
             "mlp.W_in": "intermediate.dense",
             "mlp.W_out": "output.dense",
         },
+        causal=False,
     ),
 }
 ARCHS["roberta"] = ARCHS["bert"]

@@ -3,6 +3,13 @@
 Memory holds, per suite, one ``[prompts, metrics]`` sum per (layer, site) and one firing counter per neuron:
 it grows with layers × width × prompts, never with tokens. Padding never counts: every statistic is masked by
 the attention mask before it is summed.
+
+Length and position control (the default): only a matched window of ``window`` tokens counts per prompt, the
+same positions for every prompt of a suite, starting after position 0 and after any token prefix the whole suite
+shares (a chat template's system prompt). Prompts are cut at the window's end (for a causal model this changes
+nothing inside the window; for an encoder it gives every prompt the same context length), and prompts shorter
+than the window are left out with a warning. ``window=0`` is the unmatched view: every token of the whole
+prompt counts, position 0 included, so prompt length and position confound every comparison.
 """
 
 from __future__ import annotations
@@ -35,7 +42,8 @@ class RecordConfig:
     batch_size: int = 8  # prompts per forward pass (memory, not results)
     max_tokens: int = 256  # prompts are truncated to this many tokens
     neurons: bool = True  # also the per-neuron `neurons` table (fire_freq, mean_abs)
-    logits: bool = True  # also per-prompt nll / max_prob rows (site "logits"): the OOD detector's baselines
+    logits: bool = True  # also per-prompt nll / max_prob / nll_per_byte rows (site "logits"): detector baselines
+    window: int = 32  # tokens per prompt that count, at matched positions after the shared prefix; 0 = unmatched
 
 
 @dataclass
@@ -69,6 +77,9 @@ class Recorder:
         self.lm, self.config = lm, config or RecordConfig()
         if self.config.batch_size < 1 or self.config.max_tokens < 2:
             raise UserError("batch size must be ≥ 1 and max tokens ≥ 2; pass e.g. --batch-size 8 --max-tokens 256")
+        if self.config.window < 0 or self.config.window == 1:
+            raise UserError(f"window {self.config.window} must be ≥ 2 tokens (or 0 for the unmatched whole-prompt "
+                            "view); pass e.g. --window 32")
         given = self.config.metrics
         self.metrics = given if isinstance(given, list) and all(isinstance(m, Metric) for m in given) \
             else parse_metrics(given)
@@ -100,13 +111,66 @@ class Recorder:
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids per prompt with the tokenizer's defaults, truncated to the context with a warning."""
         ids = [self.lm.tokenizer(t)["input_ids"] for t in texts]
-        long = sum(len(i) > self.max_len for i in ids)
+        long = sum(len(i) > self.max_len for i in ids) if not self.config.window else 0
         if long:
             warnings.warn(f"{long} prompt(s) longer than {self.max_len} tokens were truncated (raise --max-tokens)")
-        ids = [i[: self.max_len] for i in ids]
         if any(len(i) == 0 for i in ids):
             raise UserError("a prompt produced no tokens; remove empty prompts from the suite")
-        return ids
+        return ids if self.config.window else [i[: self.max_len] for i in ids]
+
+    def window_plan(self, suite, ids: list[list[int]]) -> tuple[int, np.ndarray]:
+        """(start, kept): the first counted position and the prompts long enough for the window.
+
+        start is 1 (position 0 sees only itself) or, when every prompt of the suite begins with the same longer
+        token prefix (a chat template), that prefix's length. Unmatched view (window 0): start 0, all prompts.
+        """
+        w = self.config.window
+        if not w:
+            return 0, np.arange(len(ids))
+        start = 1
+        if len(ids) > 1:
+            n = min(map(len, ids))
+            shared = next((j for j in range(n) if len({i[j] for i in ids}) > 1), n)
+            start = max(1, shared)
+        else:
+            warnings.warn(f"suite {suite.name!r} has a single prompt: no shared prefix can be detected, so its "
+                          "window starts at position 1", stacklevel=3)
+        if start + w > self.max_len:
+            raise UserError(f"the window ends at token {start + w} of suite {suite.name!r}, beyond --max-tokens "
+                            f"{self.max_len}; raise --max-tokens or lower --window")
+        kept = np.flatnonzero([len(i) >= start + w for i in ids])
+        longest = max(map(len, ids))
+        if not len(kept):
+            raise UserError(f"the {w}-token window (positions {start}–{start + w - 1}) is longer than every prompt "
+                            f"of suite {suite.name!r} (longest {longest} tokens); pass --window "
+                            f"{max(2, longest - start)}"
+                            " or less, or --unmatched")
+        if len(kept) < len(ids):
+            warnings.warn(f"suite {suite.name!r}: {len(ids) - len(kept)} of {len(ids)} prompts are shorter than the "
+                          f"window (positions {start}–{start + w - 1}) and were left out", stacklevel=3)
+        return start, kept
+
+    def planned_tokens(self, suites: Sequence) -> int:
+        """Tokens the forward passes of ``suites`` will run (window plans checked, their warnings left to the run)."""
+        total = 0
+        for suite in suites:
+            ids = self.tokenize([p.text for p in suite.prompts])
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                start, kept = self.window_plan(suite, ids)
+            total += sum(min(len(ids[k]), start + self.config.window) if self.config.window else len(ids[k])
+                         for k in kept)
+        return total
+
+    def _target_bytes(self, text: str, n_ids: int, start: int, end: int) -> int:
+        """UTF-8 bytes of the text the predicted tokens start..end-1 (start ≥ 1) cover: the NLL-per-byte divisor."""
+        tok = self.lm.tokenizer
+        if getattr(tok, "is_fast", False):
+            offsets = tok(text, return_offsets_mapping=True)["offset_mapping"][:n_ids]
+            spans = [o for o in offsets[start:end] if o[1] > o[0]]
+            return len(text[spans[0][0]: spans[-1][1]].encode()) if spans else 0
+        ids = tok(text)["input_ids"]
+        return len(tok.decode(ids[:end]).encode()) - len(tok.decode(ids[:start]).encode())
 
     def batches(self, ids: list[list[int]]):
         """Right-padded batches ``(prompt indices, input_ids, valid mask)``; similar lengths share a batch."""
@@ -129,6 +193,10 @@ class Recorder:
         if not texts:
             raise UserError(f"suite {suite.name!r} has no prompts; add prompts or drop the suite")
         ids = self.tokenize(texts)
+        start, kept = self.window_plan(suite, ids)
+        lengths = [len(i) for i in ids]
+        end = [start + self.config.window if self.config.window else n for n in lengths]
+        ids = [ids[k][: end[k]] for k in kept]
         n_prompts = len(ids)
         stats = {key: _SiteStats(n_prompts, len(self.static), len(self.delta_t)) for key in self.targets}
         logit_sums = torch.zeros(n_prompts, 2, dtype=torch.float64)
@@ -139,37 +207,47 @@ class Recorder:
             for key in self.targets:
                 handles.append(self.lm.sites.attach(*key, self._observer(key, stats[key], batch)))
             for rows, input_ids, valid in self.batches(ids):
-                batch.update(valid=valid, rows=torch.tensor(rows))
+                count = valid & (torch.arange(valid.shape[1]) >= start)  # the tokens whose values count
+                batch.update(valid=valid, count=count, rows=torch.tensor(rows))
                 logits = self.lm.forward(input_ids, valid.long())
                 if self.config.logits and logits is not None and self.lm.causal:
-                    self._logit_stats(logits, input_ids, valid, batch["rows"], logit_sums, logit_counts)
+                    self._logit_stats(logits, input_ids, count, batch["rows"], logit_sums, logit_counts)
                 if progress:
                     progress(int(valid.sum()))
         finally:
             for h in handles:
                 h.remove()
             batch.clear()
-        return self._tables(suite, run_id, stats, logit_sums, logit_counts)
+        prompts = [suite.prompts[k] for k in kept]
+        per_prompt = dict(prompt_tokens=np.array([lengths[k] for k in kept]), window_start=start,
+                          window=self.config.window)
+        if self.config.logits and logit_counts.sum() > 0:
+            nbytes = [self._target_bytes(p.text, len(i), max(start, 1), len(i)) for p, i in zip(prompts, ids)]
+            logit_sums = torch.cat([logit_sums, logit_sums[:, :1]], 1)
+            logit_bytes = torch.tensor(nbytes, dtype=torch.float64)
+        else:
+            logit_bytes = None
+        return self._tables(suite, prompts, per_prompt, run_id, stats, logit_sums, logit_counts, logit_bytes)
 
     def _observer(self, key: tuple[int, str], st: _SiteStats, batch: dict):
         site = key[1]
 
         @torch.no_grad()
         def observe(t: torch.Tensor) -> None:
-            valid, rows = batch["valid"], batch["rows"]
+            valid, count, rows = batch["valid"], batch["count"], batch["rows"]
             if site == PATTERN:
-                self._observe_pattern(t, valid, rows, st)
+                self._observe_pattern(t, valid, count, rows, st)
                 return
             x = t.reshape(valid.shape[0], valid.shape[1], -1)  # also [B·T, d] (OPT flattens inside its MLP)
-            flat = x[valid]
-            lengths = valid.sum(1)
+            flat = x[count]
+            lengths = count.sum(1)
             owner = rows.repeat_interleave(lengths)
             if self.static:
                 st.sums.index_add_(0, owner, token_metrics(flat, self.static).double())
             st.counts.index_add_(0, rows, lengths.double())
             if self.delta_t:
                 d = delta_frac(x, self.delta_t)
-                dvalid = valid.clone()
+                dvalid = count.clone()
                 dvalid[:, 0] = False
                 st.delta_sums.index_add_(0, rows, (d * dvalid[..., None]).sum(1).double())
                 st.delta_counts.index_add_(0, rows, dvalid.sum(1).double())
@@ -185,14 +263,16 @@ class Recorder:
 
         return observe
 
-    def _observe_pattern(self, p: torch.Tensor, valid: torch.Tensor, rows: torch.Tensor, st: _SiteStats) -> None:
+    def _observe_pattern(self, p: torch.Tensor, valid: torch.Tensor, count: torch.Tensor, rows: torch.Tensor,
+                         st: _SiteStats) -> None:
         """Attention rows: each (query, head) row over the keys the query can see; a token's value is the mean over
-        heads. The first query of a causal model sees one key and is skipped (a 1-entry row has no sparsity)."""
+        heads. Counted queries only; the first query of a causal model sees one key and is skipped (a 1-entry row
+        has no sparsity)."""
         b, h, q, k = p.shape
         keys = valid[:, None, :k].expand(b, q, k)
         if self.lm.causal:
             keys = keys & torch.ones(q, k, dtype=torch.bool).tril()[None]
-        queries = valid[:, :q] & (keys.sum(-1) >= 2)
+        queries = count[:, :q] & (keys.sum(-1) >= 2)
         x = p.permute(0, 2, 1, 3)[queries]  # [Nq, H, K]
         mask = keys[queries][:, None, :].expand(-1, h, -1)
         if self.static:
@@ -202,10 +282,11 @@ class Recorder:
         st.counts.index_add_(0, rows, queries.sum(1).double())
 
     @staticmethod
-    def _logit_stats(logits, input_ids, valid, rows, sums, counts) -> None:
-        """Per-prompt mean next-token NLL and max-softmax probability: the baseline OOD signals."""
+    def _logit_stats(logits, input_ids, count, rows, sums, counts) -> None:
+        """Per-prompt mean next-token NLL and max-softmax probability of the counted tokens (each predicted from
+        the position before it): the baseline OOD signals."""
         logp = torch.log_softmax(logits[:, :-1].float(), -1)
-        target_valid = valid[:, 1:]
+        target_valid = count[:, 1:]
         nll = -logp.gather(-1, input_ids[:, 1:, None])[..., 0]
         maxp = logp.max(-1).values.exp()
         per = torch.stack([(nll * target_valid).sum(1), (maxp * target_valid).sum(1)], 1)
@@ -213,9 +294,10 @@ class Recorder:
         counts.index_add_(0, rows, target_valid.sum(1).double())
 
     # -- tables -------------------------------------------------------------------------------------------------
-    def _tables(self, suite, run_id: str, stats: dict, logit_sums, logit_counts) -> Recording:
+    def _tables(self, suite, prompts: list, per_prompt: dict, run_id: str, stats: dict, logit_sums, logit_counts,
+                logit_bytes) -> Recording:
         base = dict(run_id=run_id, model=self.lm.name, suite=suite.name, split=suite.split, level=int(suite.level))
-        prompt_ids = np.array([p.id for p in suite.prompts], dtype=object)
+        prompt_ids = np.array([p.id for p in prompts], dtype=object)
         prompt_frames, split_rows, neuron_frames = [], [], []
         for (layer, site), st in stats.items():
             cols = [(m, st.sums[:, i], st.counts) for i, m in enumerate(self.static)]
@@ -235,13 +317,19 @@ class Recorder:
                                     value=float((freq > 0.5).mean()), n_tokens=int(n_tok))]
                 neuron_frames.append(_neuron_frame(layer, site, freq, (st.abs_sum / n_tok).numpy()))
         if self.config.logits and logit_counts.sum() > 0:
-            for i, name in enumerate(("nll", "max_prob")):
-                prompt_frames.append(_prompt_frame(prompt_ids, LOGITS_LAYER, LOGITS_SITE, Metric(name),
-                                                   logit_sums[:, i], logit_counts))
-        prompts = pd.concat(prompt_frames, ignore_index=True)
+            for i, name in enumerate(("nll", "max_prob", "nll_per_byte")):
+                divisor = logit_bytes if name == "nll_per_byte" else logit_counts
+                frame = _prompt_frame(prompt_ids, LOGITS_LAYER, LOGITS_SITE, Metric(name), logit_sums[:, i], divisor)
+                prompt_frames.append(frame.assign(n_tokens=logit_counts.numpy().astype(np.int64)))
+        n_frames = len(prompt_frames)
+        table = pd.concat(prompt_frames, ignore_index=True)
         for k, v in reversed(base.items()):
-            prompts.insert(0, k, v)
-        prompts = prompts[_PROMPT_COLUMNS]
+            table.insert(0, k, v)
+        sources = [getattr(p, "source", "") or f"{p.suite}/{p.id}" for p in prompts]
+        table = table.assign(source_id=np.tile(np.array(sources, dtype=object), n_frames),
+                             prompt_tokens=np.tile(per_prompt["prompt_tokens"], n_frames).astype(np.int64),
+                             window_start=per_prompt["window_start"], window=per_prompt["window"])
+        prompts = table[_PROMPT_COLUMNS]
         activations = pd.DataFrame(split_rows)
         for k, v in reversed(base.items()):
             activations.insert(0, k, v)
@@ -271,7 +359,7 @@ def part_key(suite) -> str:
 
 _ACT_COLUMNS = ["run_id", "model", "suite", "split", "level", "layer", "site", "metric", "threshold", "value", "n_tokens"]
 _PROMPT_COLUMNS = ["run_id", "model", "suite", "split", "level", "prompt_id", "layer", "site", "metric", "threshold",
-                   "value", "n_tokens"]
+                   "value", "n_tokens", "source_id", "prompt_tokens", "window_start", "window"]
 
 
 def _prompt_frame(prompt_ids, layer: int, site: str, m: Metric, sums, counts) -> pd.DataFrame:
