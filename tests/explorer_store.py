@@ -26,14 +26,14 @@ def build(runs: Path, model_dir: Path, other_model_dir: Path) -> dict[str, str]:
     """Fill `runs`; returns {role: run_id}."""
     m = ["--model", str(model_dir)]
     _run(["scan", *m, "--suites", "prose,random_tokens,multilingual", "--ladders", "shuffle", "--max-tokens", "16",
-          "--sites", SITES, "--no-report"], runs)
+          "--window", "8", "--sites", SITES, "--no-report"], runs)
     _run(["spike", *m, "--eval-tokens", "32", "--per-layer", "--sweep", "k=2,3"], runs)
     _run(["weights", *m, "--sensitivity", "--per-layer", "--methods", "magnitude", "--sparsities", "0.5",
           "--nm", "none", "--eval-tokens", "32"], runs)
     _run(["compare", *m, "--eval-tokens", "32", "--seq-len", "32", "--group-size", "16", "--teal", "0.5",
           "--spike-k", "3", "--no-compositions"], runs)
     _run(["scan", "--model", str(other_model_dir), "--suites", "prose,random_tokens", "--max-tokens", "16",
-          "--sites", "mlp.hook_post", "--no-report"], runs)
+          "--window", "8", "--sites", "mlp.hook_post", "--no-report"], runs)
     store = RunStore(runs)
     ids = {r.kind + ("_other" if r.kind == "scan" and "qwen" in r.run_id else ""): r.run_id for r in store.runs()}
     model = store.open(ids["scan"]).manifest["model"]

@@ -13,11 +13,11 @@ from nbclient import NotebookClient
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 TINY = {  # per notebook: the parameters cell on the tiny model
     "quickstart.ipynb": 'MODEL = {model!r}\nSUITES = ["prose", "random_tokens"]\nSITES = ["mlp.hook_post"]\n'
-                        'MAX_TOKENS = 16',
+                        'MAX_TOKENS = 16\nWINDOW = 8',
     "id_vs_ood.ipynb": 'MODEL = {model!r}\nRUNS = {runs!r}\nSUITES = "prose,random_tokens,multilingual"\n'
-                       'SITES = "mlp.hook_post"\nMAX_TOKENS = 16',
+                       'SITES = "mlp.hook_post"\nMAX_TOKENS = 16\nWINDOW = 8',
     "harvest.ipynb": 'MODEL = {model!r}\nRUNS = {runs!r}\nEVAL_TOKENS = 32\nMAX_TOKENS = 16\nGROUP_SIZE = 16\n'
-                     'BUDGET_PCT = 2.0',
+                     'BUDGET_PCT = 2.0\nWINDOW = 8',
 }
 
 

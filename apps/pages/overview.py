@@ -46,9 +46,9 @@ else:
                 if e.empty:
                     st.info(f"`{run_id}` stores no CIs for {emetric}.")
                     continue
-                ui.chart(figures.id_minus_ood(e, f"ID − OOD {emetric} ({run_id})"),
-                         "per layer, the ID mean minus the OOD mean with its 95 % bootstrap CI over prompts; a band "
-                         "that misses 0 is a real difference (above 0: OOD text is less sparse).", key=f"eff_{run_id}")
+                ui.chart(figures.ood_minus_id(e, f"OOD − ID {emetric} ({run_id})"),
+                         "per layer, the OOD mean minus the ID mean with its 95 % bootstrap CI over source texts; a "
+                         "band that misses 0 is a real difference (above 0: OOD text scores higher).", key=f"eff_{run_id}")
 
 st.subheader("All runs")
 ui.frame(ui.catalog().assign(tables=lambda d: d["tables"].map(", ".join)), key="catalog")

@@ -9,6 +9,8 @@ import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
 
+from sparsescope.harvest.summary import DIFF
+
 COLORS = px.colors.qualitative.Plotly
 
 
@@ -18,19 +20,21 @@ def _band(fig: go.Figure, x, lo, hi, color: str, group: str) -> None:
                              fillcolor=color, opacity=0.2, showlegend=False, hoverinfo="skip", legendgroup=group))
 
 
-def id_minus_ood(effects: pd.DataFrame, title: str) -> go.Figure:
-    """ID − OOD per layer with its 95 % bootstrap CI band, one line per site (effects store OOD − ID)."""
+def ood_minus_id(effects: pd.DataFrame, title: str) -> go.Figure:
+    """OOD − ID per layer with its 95 % cluster-bootstrap CI band, one line per site (the pooled family "all")."""
+    if "family" in effects.columns:
+        effects = effects[effects["family"] == "all"]
     fig = go.Figure()
     for i, (site, r) in enumerate(effects.sort_values("layer").groupby("site", sort=False)):
         color = COLORS[i % len(COLORS)]
-        _band(fig, r["layer"], -r["diff_hi"], -r["diff_lo"], color, site)
-        fig.add_trace(go.Scatter(x=r["layer"], y=-r["diff"], mode="lines+markers", name=site, legendgroup=site,
+        _band(fig, r["layer"], r[f"{DIFF}_lo"], r[f"{DIFF}_hi"], color, site)
+        fig.add_trace(go.Scatter(x=r["layer"], y=r[DIFF], mode="lines+markers", name=site, legendgroup=site,
                                  line={"color": color},
-                                 customdata=np.stack([-r["diff_hi"], -r["diff_lo"], r["p_holm"]], axis=1),
+                                 customdata=np.stack([r[f"{DIFF}_lo"], r[f"{DIFF}_hi"], r["p_holm"]], axis=1),
                                  hovertemplate="layer %{x}: %{y:+.4f} [%{customdata[0]:+.4f}, %{customdata[1]:+.4f}]"
                                                "<br>p (Holm) %{customdata[2]:.3g}<extra>" + site + "</extra>"))
     fig.add_hline(y=0, line_color="grey", line_width=1)
-    fig.update_layout(title=title, xaxis_title="layer", yaxis_title="ID − OOD")
+    fig.update_layout(title=title, xaxis_title="layer", yaxis_title="OOD − ID")
     return fig
 
 
