@@ -1,0 +1,47 @@
+"""Issue 10: nothing lost, nothing cryptic. Behaviour tests for awkward inputs that are accepted or must be
+refused in a specific way; the plain "refused with one line" cases live in tests/data/bad_inputs.yaml."""
+
+import pytest
+import torch
+
+from sparsescope.errors import UserError
+from sparsescope.probes import Prompt, Suite
+from sparsescope.record import RecordConfig, Recorder
+from sparsescope.record.metrics import Metric, parse_metrics, token_metrics
+from tiny import tiny_model
+
+TEXTS = ["the cat sat on the mat", "a quick brown fox", "zz"]
+
+
+def suite(name="s", split="id", texts=TEXTS, source="test"):
+    return Suite(name, split, [Prompt(f"p{i}", t, name, split) for i, t in enumerate(texts)], source, "test")
+
+
+# -- 5. fractions stay in [0, 1] --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spec", ["near_zero_frac@inf", "near_zero_frac@nan", "teal_sparsity@1.5", "teal_sparsity@1",
+                                  "mass_density@2", "delta_frac@inf"])
+def test_metric_parameters_outside_their_range_are_refused(spec):
+    with pytest.raises(UserError, match="must lie in"):
+        parse_metrics(spec)
+    name, _, t = spec.partition("@")
+    with pytest.raises(UserError, match="must lie in"):  # building a Metric directly is checked the same way
+        Metric(name, float(t))
+
+
+def test_huge_threshold_counts_only_valid_entries_of_ragged_rows():
+    """A threshold whose t·RMS overflows to inf counts every valid entry (1.0), never the masked ones."""
+    x = torch.rand(3, 6) + 0.1
+    mask = torch.tensor([[True] * 6, [True] * 2 + [False] * 4, [True] * 4 + [False] * 2])
+    for spec in ("near_zero_frac@1e39", "near_zero_frac@1e39,teal_sparsity@0.5"):  # the no-sort and the sort path
+        got = token_metrics(x, parse_metrics(spec), mask)[:, 0]
+        assert got.tolist() == [1.0, 1.0, 1.0]
+
+
+def test_attention_pattern_agrees_with_other_sites_on_a_huge_threshold():
+    """Every entry is ≤ 1e39·RMS, so near-zero is exactly 1 at every site; masked (future) keys never count."""
+    run = Recorder(tiny_model("llama"), RecordConfig(sites=["attn.hook_pattern", "mlp.hook_post"],
+                                                     metrics="near_zero_frac@1e39", neurons=False)).record_suite(suite())
+    assert set(run.activations.value) == {1.0}
+    assert set(run.prompts[run.prompts.metric == "near_zero_frac"].value) == {1.0}
