@@ -45,3 +45,39 @@ def test_attention_pattern_agrees_with_other_sites_on_a_huge_threshold():
                                                      metrics="near_zero_frac@1e39", neurons=False)).record_suite(suite())
     assert set(run.activations.value) == {1.0}
     assert set(run.prompts[run.prompts.metric == "near_zero_frac"].value) == {1.0}
+
+
+# -- 6. the Python API takes what a user naturally passes ------------------------------------------------------
+@pytest.fixture(scope="module")
+def lm():
+    return tiny_model("llama")
+
+
+def test_record_takes_a_string_as_one_prompt_and_one_site(lm):
+    import sparsescope
+
+    run = sparsescope.record(lm, "The cat sat", sites="mlp.hook_post", layers="1", metrics="hoyer", neurons=False)
+    assert run.prompts.prompt_id.unique().tolist() == ["p0"]
+    assert set(zip(run.activations.layer, run.activations.site)) == {(1, "mlp.hook_post")}
+    one = sparsescope.record(lm, ["The cat sat"], sites=["mlp.hook_post"], layers=[1], metrics=["hoyer"],
+                             neurons=False)
+    assert one.activations.value.tolist() == run.activations.value.tolist()
+
+
+def test_same_suite_twice_is_recorded_once_and_different_suites_under_one_name_are_refused(lm):
+    rec = Recorder(lm, RecordConfig(sites=["mlp.hook_post"], metrics="hoyer", neurons=False))
+    with pytest.warns(UserWarning, match="listed twice"):
+        run = rec.run([suite(), suite()])
+    assert len(run.prompts) == len(rec.run([suite()]).prompts)
+    with pytest.raises(UserError, match="two different suites are named 's'"):
+        rec.run([suite(), suite(texts=["other text"], source="other.txt")])
+    rec.run([suite(), suite(split="ood", texts=["other text"])])  # a different split is a different part
+
+
+def test_apply_takes_a_plan_dict_like_convert(lm):
+    from sparsescope import intervene
+
+    plan = {"rules": [{"lever": "spike", "params": {"k": 3}, "layers": "0", "sites": "mlp.W_out"}]}
+    with intervene.apply(lm, plan) as applied:
+        assert list(applied.levers) == ["blocks.0.mlp.W_out"]
+    assert lm._applied is None

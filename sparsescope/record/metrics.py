@@ -79,14 +79,24 @@ def default_metrics() -> list[Metric]:
     return out
 
 
-def parse_metrics(spec: str | list[str] | None) -> list[Metric]:
-    """Parse ``"hoyer,near_zero_frac@0.1,teal_sparsity"`` (a base name alone means its default thresholds)."""
+def parse_metrics(spec: str | list[str | Metric] | None) -> list[Metric]:
+    """Parse ``"hoyer,near_zero_frac@0.1,teal_sparsity"`` (a base name alone means its default thresholds);
+    a list may mix such names and :class:`Metric` objects."""
     if spec is None:
         return default_metrics()
-    items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
+    items = spec.split(",") if isinstance(spec, str) else list(spec) if isinstance(spec, (list, tuple)) else None
+    bad = [i for i in items or [spec] if not isinstance(i, (str, Metric))]
+    if items is None or bad:
+        raise UserError(f"metrics must be names such as 'hoyer' or 'near_zero_frac@0.1', got {bad[0]!r}; "
+                        "pass e.g. 'hoyer,near_zero_frac@0.1' or a list of such names")
     out: list[Metric] = []
     for item in items:
-        name, _, t = item.partition("@")
+        if isinstance(item, Metric):
+            out.append(item)
+            continue
+        if not item.strip():
+            continue
+        name, _, t = item.strip().partition("@")
         if name not in BASE_METRICS:
             raise UserError(f"unknown metric {name!r}; choose from: {', '.join(BASE_METRICS)} (add @t for a threshold)")
         takes = bool(DEFAULT_THRESHOLDS[name])

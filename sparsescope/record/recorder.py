@@ -16,9 +16,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from sparsescope.errors import UserError
+from sparsescope.errors import UserError, check_whole
 from sparsescope.models.loading import LoadedModel
-from sparsescope.models.sites import parse_site
+from sparsescope.models.sites import layer_list, parse_site, site_list
+from sparsescope.probes import as_suites, unique_suites
 from sparsescope.record.metrics import FIRE_T, Metric, delta_frac, parse_metrics, token_metrics
 
 PATTERN = "attn.hook_pattern"
@@ -36,6 +37,11 @@ class RecordConfig:
     max_tokens: int = 256
     neurons: bool = True
     logits: bool = True
+
+    def __post_init__(self) -> None:  # accept what a user naturally passes: "mlp.hook_post", 3, "0,5,10-12"
+        self.sites, self.layers = site_list(self.sites), layer_list(self.layers)
+        check_whole(self.batch_size, "batch size", 1, "pass e.g. --batch-size 8")
+        check_whole(self.max_tokens, "max tokens", 2, "pass e.g. --max-tokens 256")
 
 
 @dataclass
@@ -66,11 +72,7 @@ class Recorder:
 
     def __init__(self, lm: LoadedModel, config: RecordConfig | None = None):
         self.lm, self.config = lm, config or RecordConfig()
-        if self.config.batch_size < 1 or self.config.max_tokens < 2:
-            raise UserError("batch size must be ≥ 1 and max tokens ≥ 2; pass e.g. --batch-size 8 --max-tokens 256")
-        given = self.config.metrics
-        self.metrics = given if isinstance(given, list) and all(isinstance(m, Metric) for m in given) \
-            else parse_metrics(given)
+        self.metrics = parse_metrics(self.config.metrics)
         self.static = [m for m in self.metrics if m.name != "delta_frac"]
         self.delta_t = [m.threshold for m in self.metrics if m.name == "delta_frac"]
         self.targets = self._targets()
@@ -101,7 +103,9 @@ class Recorder:
         ids = [self.lm.tokenizer(t)["input_ids"] for t in texts]
         long = sum(len(i) > self.max_len for i in ids)
         if long:
-            warnings.warn(f"{long} prompt(s) longer than {self.max_len} tokens were truncated (raise --max-tokens)")
+            fix = f"raise --max-tokens, up to the model's context of {self.lm.context}" \
+                if self.max_len < self.lm.context else f"the model's context is {self.lm.context} tokens"
+            warnings.warn(f"{long} prompt(s) longer than {self.max_len} tokens were truncated ({fix})")
         ids = [i[: self.max_len] for i in ids]
         if any(len(i) == 0 for i in ids):
             raise UserError("a prompt produced no tokens; remove empty prompts from the suite")
@@ -265,7 +269,7 @@ class Recorder:
             skip: set[str] | None = None, on_suite: Callable[[str, Run], None] | None = None) -> Run:
         """Record every suite (skipping :func:`part_key`s in ``skip``, for resume); ``on_suite`` sees each part."""
         parts = []
-        for suite in suites:
+        for suite in unique_suites(suites):
             if skip and part_key(suite) in skip:
                 continue
             part = self.record_suite(suite, run_id, progress)
@@ -317,12 +321,10 @@ def concat_runs(parts: Sequence[Run], run_id: str = "") -> Run:
 
 
 def record(model, suites, sites: list[str] | None = None, metrics: str | list[str] | None = None, **config) -> Run:
-    """Record sparsity of ``model`` (any ``load_model`` spec) over suites or a list of prompt strings."""
+    """Record sparsity of ``model`` (any ``load_model`` spec) over prompts: one string, a list of strings, a
+    ``probes.Suite`` or a list of them. ``sites``: one name, comma-separated names or a list (default all)."""
     from sparsescope.models import load_model
-    from sparsescope.probes import Prompt, Suite
 
-    lm = load_model(model)
-    if suites and isinstance(suites[0], str):
-        suites = [Suite("prompts", "id", [Prompt(f"p{i}", t, "prompts", "id") for i, t in enumerate(suites)],
-                        source="user", license="user")]
-    return Recorder(lm, RecordConfig(sites=sites, metrics=metrics, **config)).run(suites)
+    suites = as_suites(suites)  # before the model loads: a bad argument fails fast
+    config = RecordConfig(sites=sites, metrics=metrics, **config)
+    return Recorder(load_model(model), config).run(suites)
