@@ -7,11 +7,12 @@ number of plans are compared against the same baseline on the same tokens.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import torch
 
-from sparsescope.errors import UserError
+from sparsescope.errors import UserError, check_whole
 from sparsescope.models.loading import LoadedModel
 
 
@@ -25,8 +26,14 @@ class Evaluator:
                  batch_size: int = 4):
         if not lm.causal:
             raise UserError(f"{lm.name} is not a causal LM; perplexity and KL need next-token predictions")
+        check_whole(seq_len, "seq len", 2, "each chunk needs a token and its successor; pass e.g. 256")
+        check_whole(max_tokens, "eval tokens", 2)
         text = texts if isinstance(texts, str) else "\n\n".join(texts)
-        ids = lm.tokenizer(text)["input_ids"][:max_tokens]
+        ids = lm.tokenizer(text)["input_ids"]
+        if len(ids) < max_tokens:
+            warnings.warn(f"the evaluation text has {len(ids):,} tokens, fewer than the {max_tokens:,} asked for; "
+                          "evaluating on all of them (pass a longer text for more)")
+        ids = ids[:max_tokens]
         seq_len = min(seq_len, lm.context)
         if len(ids) < 2 * seq_len and len(ids) < 32:
             raise UserError("evaluation text is too short (under 32 tokens); pass a longer held-out text")

@@ -35,10 +35,10 @@ def bench(
         out.print(f"peak RSS: 1× {m['1x']['peak_rss_mb']:.0f} MB ({m['1x']['tokens']} tok), "
                   f"10× {m['10x']['peak_rss_mb']:.0f} MB ({m['10x']['tokens']} tok): ratio {m['ratio']:.3f}")
     if what in ("load", "all"):
-        with console.status("load time: GGUF dequantisation into an empty cache vs cached loads"):
+        with console.status("load time: first load into an empty cache vs later loads"):
             lt = b.load_time(model)
-        out.print(f"model load: first (GGUF) {lt['first_s']:.1f} s, cached {lt['cached_s']:.2f} s: "
-                  f"{lt['ratio']:.0f}× faster cached")
+        out.print(f"model load: first ({lt['first']}) {lt['first_s']:.1f} s, then {lt['cached_s']:.2f} s: "
+                  f"{lt['ratio']:.1f}× faster")
 
 
 @app.command()
