@@ -1,6 +1,9 @@
 """Issue 10: nothing lost, nothing cryptic. Behaviour tests for awkward inputs that are accepted or must be
 refused in a specific way; the plain "refused with one line" cases live in tests/data/bad_inputs.yaml."""
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -81,3 +84,163 @@ def test_apply_takes_a_plan_dict_like_convert(lm):
     with intervene.apply(lm, plan) as applied:
         assert list(applied.levers) == ["blocks.0.mlp.W_out"]
     assert lm._applied is None
+
+
+# -- 4. failures outside the user's input: one line, a log with the traceback, the run left resumable ----------
+def _scan(model_dir, runs, *extra):
+    from typer.testing import CliRunner
+
+    from sparsescope.cli import app
+
+    return CliRunner().invoke(app, ["scan", "--model", str(model_dir), "--suites", "prose,random_tokens",
+                                    "--max-tokens", "16", "--metrics", "hoyer", "--runs-dir", str(runs), *extra])
+
+
+def test_full_disk_during_scan_is_one_line_with_a_log_and_the_run_resumes(model_dir, tmp_path, monkeypatch):
+    import errno
+
+    import sparsescope.store.run as run_module
+
+    original, calls = run_module.atomic_write_parquet, {"n": 0}
+
+    def fill_up(path, df):
+        calls["n"] += 1
+        if calls["n"] > 3:  # the first suite's three part tables fit, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return original(path, df)
+
+    monkeypatch.setattr(run_module, "atomic_write_parquet", fill_up)
+    res = _scan(model_dir, tmp_path)
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    (line,) = [x for x in res.output.splitlines() if x.startswith("error:")]
+    assert "No space left on device" in line and "resume with `sparsescope scan --resume" in line, line
+    log = Path(line.split("full traceback: ")[1].split(")")[0])
+    assert log.is_file() and "Traceback" in log.read_text() and log.parent == tmp_path / ".logs"
+    monkeypatch.setattr(run_module, "atomic_write_parquet", original)
+    res = _scan(model_dir, tmp_path, "--resume", "last")
+    assert res.exit_code == 0 and "1 already done" in res.output.replace("\n", " "), res.output
+
+
+def test_interrupt_before_any_run_exists_says_nothing_was_saved(model_dir, tmp_path, monkeypatch):
+    import sparsescope.models
+
+    def ctrl_c(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sparsescope.models, "load_model", ctrl_c)
+    res = _scan(model_dir, tmp_path)
+    assert res.exit_code == 130 and "nothing was saved" in res.output and "resume" not in res.output, res.output
+
+
+def test_an_unexpected_error_is_one_line_with_the_path_of_its_traceback(model_dir, tmp_path, monkeypatch):
+    from sparsescope.record import Recorder
+
+    def bug(*a, **k):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(Recorder, "record_suite", bug)
+    res = _scan(model_dir, tmp_path)
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    (line,) = [x for x in res.output.splitlines() if x.startswith("error:")]
+    assert "ZeroDivisionError: division by zero" in line and "finished nothing and is marked incomplete" in line
+    assert "record_suite" in Path(line.split("full traceback: ")[1].split(")")[0]).read_text()
+
+
+# -- 9. one writer per run ---------------------------------------------------------------------------------------
+HOLD = """
+import sys
+from sparsescope.store import RunDir
+RunDir(sys.argv[1]).lock()
+print("locked", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_run_has_one_writer_and_a_dead_writer_never_blocks(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    import sparsescope
+    from sparsescope.store import RunDir, RunStore
+
+    run = RunStore(tmp_path).create({"kind": "scan", "model": "tiny"})
+    run.write_part("a|id", {"activations": pd.DataFrame({"x": [1]})})
+    run.mark_incomplete("interrupted")
+    env = {**os.environ, "PYTHONPATH": str(Path(sparsescope.__file__).parents[1])}
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run.path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, env=env)
+    try:
+        assert holder.stdout.readline() == b"locked\n"
+        again = RunDir(run.path)
+        with pytest.raises(UserError, match=f"being written by process {holder.pid}"):
+            again.lock()
+        with pytest.raises(UserError, match="being written"):  # a write without the lock takes it too
+            again.write_part("b|id", {"activations": pd.DataFrame({"x": [2]})})
+        assert again.done_parts() == {"a|id"}
+    finally:
+        holder.kill()  # like kill -9: no cleanup runs in the holder
+        holder.wait()
+    RunDir(run.path).lock().unlock()  # the kernel dropped the dead holder's lock
+    (run.path / ".lock").write_text(f"process {holder.pid} on elsewhere")  # a stale lock file on its own
+    resumed = RunDir(run.path).lock()
+    resumed.write_part("b|id", {"activations": pd.DataFrame({"x": [2]})})
+    resumed.finalize()
+    assert RunDir(run.path).read("activations").x.tolist() == [1, 2]
+
+
+# -- 4./8. the embedded cache, the evaluator and the benchmarks say what they did -------------------------------
+def test_a_truncated_embedded_cache_is_not_cached_and_gets_rebuilt(tmp_path, monkeypatch):
+    from sparsescope.models import loading
+
+    monkeypatch.setenv("SPARSESCOPE_CACHE", str(tmp_path))
+    if not loading.importlib.util.find_spec(loading.EMBEDDED["smollm2-135m"]["package"]):
+        pytest.skip("the embedded model's carrier package is not installed")
+    target = loading.embedded_cache_dir("smollm2-135m")
+    target.mkdir(parents=True)
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(64, 64)}, str(target / "model.safetensors"))
+    (target / "source.json").write_text(json.dumps(
+        {"digest": loading._file_digest(loading.embedded_gguf("smollm2-135m"))}))
+    assert loading.available_models()[0]["cached"]
+    data = (target / "model.safetensors").read_bytes()
+    (target / "model.safetensors").write_bytes(data[: len(data) // 2])
+    assert not loading.available_models()[0]["cached"]
+
+    class Rebuilt(Exception):
+        pass
+
+    def rebuild(*a, **k):
+        raise Rebuilt
+
+    monkeypatch.setattr(loading, "_build_embedded_cache", rebuild)
+    notes = []
+    with pytest.raises(Rebuilt):
+        loading.load_embedded("smollm2-135m", progress=notes.append)
+    assert "truncated" in notes[0]
+
+
+def test_evaluator_warns_when_the_text_has_fewer_tokens_than_asked(lm):
+    from sparsescope.eval import Evaluator
+
+    text = "the quick brown fox jumps over the lazy dog " * 8
+    with pytest.warns(UserWarning, match="fewer than the 1,000,000,000 asked for"):
+        ev = Evaluator(lm, text, seq_len=32, max_tokens=10**9)
+    assert ev.n_tokens == (len(text) // 32) * 31
+
+
+def test_truncation_warning_names_the_context_when_max_tokens_exceeds_it(lm):
+    rec = Recorder(lm, RecordConfig(metrics="hoyer", max_tokens=10_000))
+    with pytest.warns(UserWarning, match="the model's context is 256 tokens"):
+        rec.tokenize(["x" * 300])
+
+
+def test_bench_load_labels_the_first_load_by_what_it_does(monkeypatch):
+    import sparsescope.bench as bench
+
+    monkeypatch.setattr(bench, "_child", lambda args, env=None: {"seconds": 2.0})
+    assert bench.load_time("some/dir")["first"] == "cold load, no cache to build"
+    assert bench.load_time("smollm2-135m")["first"] == "GGUF dequantisation + cache write"
