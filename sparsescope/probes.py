@@ -83,7 +83,7 @@ def load_suites(names: Sequence[str] | None = None, tokenizer=None, seed: int = 
             suites += ladder(clean, corruption, seed=seed, tokenizer=tokenizer)
         else:
             suites.append(_load(name, tokenizer, seed))
-    return unique_suites(suites)
+    return suites
 
 
 def unique_suites(suites: Sequence[Suite]) -> list[Suite]:
@@ -119,7 +119,7 @@ def as_suites(prompts: object) -> list[Suite]:
     if not items:
         raise UserError("no prompts given; pass a prompt string, a list of them or suites (probes.load_suites())")
     if all(isinstance(p, Suite) for p in items):
-        return unique_suites(items)
+        return items
     for i, p in enumerate(items):
         if not isinstance(p, str):
             raise UserError(f"prompt {i} is a {type(p).__name__} ({p!r:.40}); every prompt must be a string "

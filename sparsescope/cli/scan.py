@@ -33,7 +33,7 @@ def scan(
 ):
     """Record per-layer, per-site sparsity over ID and OOD prompt suites and store it as a run."""
     from sparsescope import __version__
-    from sparsescope.probes import CORRUPTIONS, DEFAULT_SUITES, ladder_spec, load_suites
+    from sparsescope.probes import CORRUPTIONS, DEFAULT_SUITES, ladder_spec, load_suites, unique_suites
     from sparsescope.record import RecordConfig, Recorder
     from sparsescope.record.recorder import part_key
     from sparsescope.store import RunStore
@@ -62,7 +62,8 @@ def scan(
                           batch_size=batch_size, max_tokens=max_tokens)
     lm = load(model)
     recorder = Recorder(lm, config)  # validates sites/layers/metrics before anything is written
-    suite_objs = load_suites(names + [f"ladder:{c}" for c in corruptions], tokenizer=lm.tokenizer, seed=seed)
+    suite_objs = unique_suites(load_suites(names + [f"ladder:{c}" for c in corruptions], tokenizer=lm.tokenizer,
+                                           seed=seed))  # before the run exists: a clash writes nothing
     if not resume:
         prose = load_suites(["prose"], tokenizer=lm.tokenizer, seed=seed)[0] if corruptions else None
         manifest = {"kind": "scan", "model": lm.name, "model_revision": lm.revision, "weights_note": lm.weights_note,

@@ -109,6 +109,7 @@ class RunDir:
         An OS lock (``flock``) on ``.lock`` in the run folder: the kernel drops it when its process dies, however
         it dies, so a lock left by a killed run never blocks a later resume. Held until :meth:`unlock`,
         :meth:`finalize` or :meth:`mark_incomplete`; every write takes it for its own duration when not held.
+        Taking it re-reads the manifest, since the last writer may have changed it since this object read it.
         """
         key = self.path.resolve()
         if key in _HELD:
@@ -125,6 +126,8 @@ class RunDir:
         os.write(fd, f"process {os.getpid()} on {socket.gethostname()}".encode())
         _HELD[key] = fd
         _CLAIMED.append(key)
+        if (self.path / MANIFEST).exists():
+            self.manifest, self.manifest_problem = self._load_manifest()
         return self
 
     def unlock(self) -> None:
@@ -271,10 +274,10 @@ class RunDir:
 
         Best effort: when even this write fails (a full disk), the manifest still says "running" for a dead
         process, which reads as incomplete too, so the failure that stopped the run is the one reported."""
-        self.manifest["status"] = "incomplete"
-        self.manifest["reason"] = reason
         try:
             with self._writing():
+                self.manifest["status"] = "incomplete"
+                self.manifest["reason"] = reason
                 self._save()
         except (OSError, UserError):  # UserError: another process writes the run now; its manifest is its own
             pass
