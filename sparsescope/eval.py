@@ -14,6 +14,7 @@ import torch
 
 from sparsescope.errors import UserError, check_whole
 from sparsescope.models.loading import LoadedModel
+from sparsescope.models.tokens import token_chunks
 
 
 class Evaluator:
@@ -28,18 +29,12 @@ class Evaluator:
             raise UserError(f"{lm.name} is not a causal LM; perplexity and KL need next-token predictions")
         check_whole(seq_len, "seq len", 2, "each chunk needs a token and its successor; pass e.g. 256")
         check_whole(max_tokens, "eval tokens", 2)
-        text = texts if isinstance(texts, str) else "\n\n".join(texts)
-        ids = lm.tokenizer(text)["input_ids"]
-        if len(ids) < max_tokens:
-            warnings.warn(f"the evaluation text has {len(ids):,} tokens, fewer than the {max_tokens:,} asked for; "
-                          "evaluating on all of them (pass a longer text for more)")
-        ids = ids[:max_tokens]
-        seq_len = min(seq_len, lm.context)
-        if len(ids) < 2 * seq_len and len(ids) < 32:
+        self.chunks = token_chunks(lm, texts, seq_len, max_tokens)
+        if len(self.chunks) < 2 and self.chunks.numel() < 32:  # one short chunk: too few tokens to evaluate
             raise UserError("evaluation text is too short (under 32 tokens); pass a longer held-out text")
-        n = max(1, len(ids) // seq_len)
-        self.chunks = torch.tensor(ids[: n * seq_len]).view(n, seq_len) if len(ids) >= seq_len \
-            else torch.tensor(ids)[None]
+        if self.chunks.numel() <= max_tokens - self.chunks.shape[1]:  # a longer text would have filled more chunks
+            warnings.warn(f"the evaluation text has only {self.chunks.numel():,} tokens (in chunks of "
+                          f"{self.chunks.shape[1]}), fewer than the {max_tokens:,} asked for; evaluating on those")
         self.lm, self.batch_size = lm, batch_size
         self._dense: list[torch.Tensor] | None = None
         self.dense_ppl = math.nan
