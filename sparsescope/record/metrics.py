@@ -49,10 +49,12 @@ class Metric:
     name: str
     threshold: float = math.nan
 
-    def __post_init__(self) -> None:
+    def __post_init__(self) -> None:  # nan = no threshold given (a bare "near_zero_frac" means its defaults)
+        if isinstance(self.threshold, float) and math.isnan(self.threshold):
+            return
         if self.name in PARAM_RANGES:
             check_param(self.name, self.threshold)
-        elif self.name in BASE_METRICS and not (isinstance(self.threshold, float) and math.isnan(self.threshold)):
+        elif self.name in BASE_METRICS:
             raise UserError(f"metric {self.name!r} takes no threshold; write it without '@{self.threshold}'")
 
     @classmethod
@@ -107,12 +109,9 @@ def parse_metrics(spec: str | list[str | Metric] | None) -> list[Metric]:
                         "pass e.g. 'hoyer,near_zero_frac@0.1' or a list of such names")
     out: list[Metric] = []
     for item in items:
-        if isinstance(item, Metric):
-            out.append(item)
+        if not isinstance(item, Metric) and not item.strip():
             continue
-        if not item.strip():
-            continue
-        m = Metric.parse(item.strip())
+        m = item if isinstance(item, Metric) else Metric.parse(item.strip())
         name = m.name
         if name not in BASE_METRICS:
             raise UserError(f"unknown metric {name!r}; choose from: {', '.join(BASE_METRICS)} (add @t for a threshold)")
