@@ -16,6 +16,7 @@ from typer.main import get_command
 from typer.testing import CliRunner
 
 from sparsescope.cli import app
+from sparsescope.cli._common import friendly
 from sparsescope.errors import UserError
 
 TABLE = Path(__file__).parent / "data" / "bad_inputs.yaml"
@@ -108,6 +109,12 @@ def test_the_table_is_well_formed():
         assert ("cli" in e) + ("api" in e) + ("each_command_with" in e) == 1, e["id"]
         assert e.get("message"), e["id"]
     assert _commands_with("--model") and _commands_with("--runs-dir")
+
+
+@pytest.mark.parametrize("command", app.registered_commands, ids=lambda c: c.callback.__name__)
+def test_every_command_reports_failures_through_friendly(command):
+    """friendly() turns every failure into one line (and marks unfinished runs); a new command must use it too."""
+    assert command.callback.__code__ is friendly(print).__code__, f"{command.callback.__name__} lacks @friendly"
 
 
 @pytest.mark.parametrize("entry", CASES)
