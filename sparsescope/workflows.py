@@ -73,6 +73,12 @@ def parse_floats(value: str, option: str) -> list[float]:
         raise UserError(f"bad {option} {value!r}; write numbers separated by commas, e.g. 0.25,0.5") from None
 
 
+# A scan manifest's `config`: the ScanOptions it was started with (suites as a list), checked before a resume.
+_SCAN_CONFIG = {"model": str, "suites": list, "sites": (str, type(None)), "layers": (str, type(None)),
+                "metrics": (str, type(None)), "ladders": (str, type(None)), "seed": int, "batch_size": int,
+                "max_tokens": int}
+
+
 def _resumed(store: RunStore, resume: str, given: ScanOptions) -> tuple[RunDir, ScanOptions]:
     """The interrupted scan to finish, locked for this process, and the options it was started with.
 
@@ -85,19 +91,14 @@ def _resumed(store: RunStore, resume: str, given: ScanOptions) -> tuple[RunDir, 
         raise UserError(f"run {run.run_id} is a {run.kind} run; only scans resume (run the {run.kind} again)")
     if run.status == "complete":
         raise UserError(f"run {run.run_id} is already complete; `sparsescope report {run.run_id}` shows it")
-    cfg = run.manifest.get("config") or {}
-    fields = {"model": str, "suites": list, "sites": (str, type(None)), "layers": (str, type(None)),
-              "metrics": (str, type(None)), "ladders": (str, type(None)), "seed": int, "batch_size": int,
-              "max_tokens": int}
-    bad = [k for k, t in fields.items() if not isinstance(cfg.get(k, 0 if k == "seed" else None), t)]
-    if bad:
-        raise UserError(f"run {run.run_id} has no readable manifest to resume from ('{bad[0]}' of its config is "
-                        "missing or damaged); start a new scan")
-    opts = ScanOptions(**{k: ",".join(cfg[k]) if k == "suites" else cfg.get(k, 0 if k == "seed" else None)
-                          for k in fields})
-    defaults = ScanOptions()
-    clash = [k for k in fields if getattr(given, k) != getattr(defaults, k) and getattr(given, k) != getattr(opts, k)
-             and not (k == "suites" and split_list(given.suites) == cfg["suites"])]
+    cfg = {"seed": 0, "ladders": None} | (run.manifest.get("config") or {})  # runs before seeds/ladders lack them
+    bad = [k for k, t in _SCAN_CONFIG.items() if not isinstance(cfg.get(k), t)]
+    if bad or not all(isinstance(s, str) for s in cfg["suites"]):
+        raise UserError(f"run {run.run_id} has no readable manifest to resume from ('{(bad or ['suites'])[0]}' of "
+                        "its config is missing or damaged); start a new scan")
+    opts = ScanOptions(**{k: cfg[k] for k in _SCAN_CONFIG} | {"suites": ",".join(cfg["suites"])})
+    asked = {k: getattr(given, k) for k in _SCAN_CONFIG if getattr(given, k) != getattr(ScanOptions(), k)}
+    clash = [k for k, v in asked.items() if v != getattr(opts, k) and not (k == "suites" and split_list(v) == cfg[k])]
     if clash:
         flags = ", ".join(f"--{k.replace('_', '-')} (the run has {getattr(opts, k)!r})" for k in clash)
         raise UserError(f"--resume finishes run {run.run_id} with the options it was started with; drop {flags}, "

@@ -85,7 +85,7 @@ def _snapshot(root: Path) -> dict[str, str]:
 
 
 def _resolve(dotted: str):
-    """``sparsescope.a.b`` → the attribute (as ``from sparsescope.a import b`` sees it), importing modules on the way."""
+    """``sparsescope.a.b`` → what ``from sparsescope.a import b`` gives (importing modules on the way)."""
     first, *rest = dotted.split(".")
     assert first == "sparsescope", dotted
     obj, path = importlib.import_module(first), first

@@ -44,8 +44,8 @@ def test_huge_threshold_counts_only_valid_entries_of_ragged_rows():
 
 def test_attention_pattern_agrees_with_other_sites_on_a_huge_threshold():
     """Every entry is ≤ 1e39·RMS, so near-zero is exactly 1 at every site; masked (future) keys never count."""
-    run = Recorder(tiny_model("llama"), RecordConfig(sites=["attn.hook_pattern", "mlp.hook_post"],
-                                                     metrics="near_zero_frac@1e39", neurons=False)).record_suite(suite())
+    config = RecordConfig(sites=["attn.hook_pattern", "mlp.hook_post"], metrics="near_zero_frac@1e39", neurons=False)
+    run = Recorder(tiny_model("llama"), config).record_suite(suite())
     assert set(run.activations.value) == {1.0}
     assert set(run.prompts[run.prompts.metric == "near_zero_frac"].value) == {1.0}
 
