@@ -117,7 +117,7 @@ def test_full_disk_during_scan_is_one_line_with_a_log_and_the_run_resumes(model_
     res = _scan(model_dir, tmp_path)
     assert res.exit_code == 1 and "Traceback" not in res.output, res.output
     (line,) = [x for x in res.output.splitlines() if x.startswith("error:")]
-    assert "No space left on device" in line and "resume with `sparsescope scan --resume" in line, line
+    assert "No space left on device" in line and "finish it with `sparsescope scan --resume" in line, line
     log = Path(line.split("full traceback: ")[1].split(")")[0])
     assert log.is_file() and "Traceback" in log.read_text() and log.parent == tmp_path / ".logs"
     monkeypatch.setattr(run_module, "atomic_write_parquet", original)

@@ -74,8 +74,7 @@ def _fail(code: int, message: str, since: int, reason: str, label: str = "error"
             continue
         run.mark_incomplete(reason)
         done = run.done_parts()
-        notes.append(f"run {run.run_id} keeps {len(done)} finished part(s); resume with "
-                     f"`sparsescope {run.kind} --resume {run.run_id}`" if done else
+        notes.append(f"run {run.run_id} keeps {len(done)} finished part(s); {run.next_step()}" if done else
                      f"run {run.run_id} finished nothing and is marked incomplete")
     if label == "interrupted" and not notes:
         notes.append("nothing was saved")

@@ -244,7 +244,7 @@ class RunDir:
         keys = [k for k, tables in self.manifest["parts_done"].items() if k in done and table in tables]
         if not keys:
             raise UserError(f"run {self.run_id} has no finished parts with a '{table}' table yet; "
-                            f"finish it with `{self._resume_hint()}`")
+                            f"{self.next_step()}")
         return pd.concat([pd.read_parquet(self._part_path(k, table)) for k in keys], ignore_index=True)
 
     def _part_tables(self) -> list[str]:
@@ -312,11 +312,14 @@ class RunDir:
         if allow_incomplete:
             return self.read_parts(table)
         raise UserError(f"run {self.run_id} (status {status}) cannot be read: {problem}; "
-                        f"finish it with `{self._resume_hint()}` or pick a complete run (`sparsescope runs`)")
+                        f"{self.next_step()} or pick a complete run (`sparsescope runs`)")
 
     @property
     def kind(self) -> str:
         return self.manifest.get("kind") or "scan"
 
-    def _resume_hint(self) -> str:
-        return f"sparsescope {self.kind} --resume {self.run_id}"
+    def next_step(self) -> str:
+        """How to finish this run: resume it when it has finished parts (scans write parts), else record it again."""
+        if self.done_parts():
+            return f"finish it with `sparsescope {self.kind} --resume {self.run_id}`"
+        return f"record it again with `sparsescope {self.kind}`"
