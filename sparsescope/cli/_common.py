@@ -3,22 +3,48 @@
 from __future__ import annotations
 
 import functools
+import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
 
-import click
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from typer.core import TyperGroup
 
 from sparsescope.errors import UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Record, explain and harvest sparsity in transformer language models.")
 console = Console(stderr=True)
+
+
+class OneLineUsageErrors(TyperGroup):
+    """Usage errors (an unknown option, a value of the wrong type) as one `error:` line too, exit code 2."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except typer.Abort:
+            console.print("[red]interrupted:[/] aborted", highlight=False)
+            sys.exit(1)
+        except Exception as e:  # typer's (vendored) click exceptions, recognised as typer itself does
+            if not hasattr(e, "format_message") or not hasattr(e, "exit_code"):
+                raise
+            if type(e).__name__ != "NoArgsIsHelpError":  # that one has printed the help already
+                ctx = getattr(e, "ctx", None)
+                see = f"; see `{ctx.command_path} --help`" if ctx is not None else ""
+                console.print(f"[red]error:[/] {escape(e.format_message().rstrip('.'))}{see}", highlight=False,
+                              soft_wrap=True)
+            sys.exit(e.exit_code)
+        sys.exit(code or 0)
+
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, cls=OneLineUsageErrors,
+                  help="Record, explain and harvest sparsity in transformer language models.")
 out = Console()
 
 RUNS_DIR = typer.Option(None, "--runs-dir", envvar="SPARSESCOPE_RUNS", help="Run store root (default ./runs).")
@@ -43,7 +69,7 @@ def friendly(fn):
                 warnings.simplefilter("default")
                 warnings.showwarning = _warn
                 return fn(*args, **kwargs)
-        except (click.exceptions.Exit, click.exceptions.ClickException, click.exceptions.Abort):
+        except (typer.Exit, typer.Abort):
             raise
         except UserError as e:
             _fail(2, str(e), since, "stopped")
