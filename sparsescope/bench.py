@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -114,3 +115,133 @@ if __name__ == "__main__":  # child-process entry points
     except UserError as e:
         result = {"error": str(e)}
     print(json.dumps(result))
+
+
+# ---- harvest benchmarks: sparse kernels and decode (side by side, interleaved, medians) ----
+
+KERNEL_SHAPES = ((576, 576), (576, 192), (576, 1536), (1536, 576), (4096, 11008))  # (in, out): SmolLM2 + Llama-7B
+KERNEL_SPARSITIES = (0.3, 0.5, 0.7, 0.9)
+
+
+def kernels(shapes=KERNEL_SHAPES, sparsities=KERNEL_SPARSITIES, repeats: int = 7, progress=None,
+            cpu_time: bool = False):
+    """Kernel table per (in, out) shape: torch dense, our dense, our sparse at each s, fp32 and int8 weights.
+
+    Timed side by side by ``kernels.timing.time_cases`` (interleaved repeats, medians, rotating masks); with
+    ``cpu_time`` by the process's CPU time (meaningful with one thread on a loaded machine).
+    ``speedup_vs_best_dense``: against the faster of torch dense (``F.linear``) and our dense fp32.
+    ``frac_of_ideal``: the speed-up over the dense path of the same weight format (best fp32 dense; our int8
+    dense for int8) divided by the ideal 1/(1−s).
+    """
+    import pandas as pd
+
+    from sparsescope.kernels.timing import TORCH_DENSE, time_cases
+
+    cases = [TORCH_DENSE, ("ours", "fp32", 0.0), ("ours", "int8", 0.0)]
+    cases += [("ours", fmt, s) for s in sparsities for fmt in ("fp32", "int8")]
+    rows = []
+    for n_in, n_out in shapes:
+        clock = time.process_time if cpu_time else time.perf_counter
+        med = time_cases(n_in, n_out, cases, repeats=repeats, clock=clock)
+        best = min(med[TORCH_DENSE], med[("ours", "fp32", 0.0)])
+        same = {"fp32": best, "int8": med[("ours", "int8", 0.0)]}
+        for (backend, fmt, s), sec in med.items():
+            kernel = "torch dense" if backend == "torch" else f"ours {'' if fmt == 'fp32' else 'int8 '}" \
+                f"{'dense' if s == 0 else 'sparse'}"
+            rows.append({"shape": f"{n_in}x{n_out}", "in_features": n_in, "out_features": n_out, "sparsity": s,
+                         "kernel": kernel, "seconds": sec, "speedup_vs_best_dense": best / sec,
+                         "frac_of_ideal": same[fmt] / sec * (1 - s),
+                         "gb_per_s": round((1 - s) * n_in) * n_out * (1 if fmt == "int8" else 4) / sec / 1e9,
+                         "repeats": repeats, "clock": "cpu" if cpu_time else "wall"})
+        if progress:
+            progress(f"{n_in}x{n_out}")
+    return pd.DataFrame(rows)
+
+
+def amdahl(lm, sparsity: float) -> dict:
+    """Bytes-bound ceilings of batch-1 decode: the LM head (not input-sparse) caps what activation sparsity gives.
+
+    ``head_fraction``: the LM head's share of the linear weight bytes read per token (fp32). With the block
+    linears sparse at s and everything else unchanged, time ∝ bytes gives 1/(f + (1−f)(1−s)), at most 1/f.
+    """
+    from sparsescope.harvest.compare import linear_shapes
+
+    block = sum(i * o for i, o in linear_shapes(lm).values())
+    head = lm.model.get_output_embeddings().weight.numel()
+    f = head / (head + block)
+    return {"head_fraction": f, "head_params": head, "block_params": block,
+            "bound_at_s": 1 / (f + (1 - f) * (1 - sparsity)), "bound_any_s": 1 / f, "sparsity": sparsity}
+
+
+def decode(model: str = "smollm2-135m", plans: list[str] | None = None, sparsity: float = 0.5, n_new: int = 32,
+           repeats: int = 3, eval_tokens: int = 1024, calib_tokens: int = 1024, progress=None,
+           cpu_time: bool = False):
+    """Decode tokens/s in the lean loop, dense vs sparse/int8/planned, with each configuration's Δppl.
+
+    Dense twice (torch ``F.linear`` modules, and our dense GEMV on every linear and the head): the faster one is
+    the baseline of ``speedup``. Then TEAL at ``sparsity`` on every block linear (our kernel), int8 weights
+    (with an int8 head), int8 + TEAL, and each plan file in ``plans``; HF ``generate`` for reference.
+    ``cpu_time``: time by the process's CPU time (one thread). Returns (table, Amdahl bounds).
+    """
+    from sparsescope.eval import Evaluator
+    from sparsescope.harvest.decode import dense_configs, measure
+    from sparsescope.harvest.planner import HarvestPlan
+    from sparsescope.intervene import Plan, Rule
+    from sparsescope.probes import load_text
+    from sparsescope.record.calibration import calibrate
+
+    lm = load_model(model)
+    configs = dense_configs() | {
+               f"TEAL {sparsity:.0%}": (Plan([Rule("sparse", {"sparsity": sparsity})]), "fp32"),
+               "int8": (Plan([Rule("sparse", {"sparsity": 0.0, "weights": "int8"})]), "int8"),
+               f"int8 + TEAL {sparsity:.0%}": (Plan([Rule("sparse", {"sparsity": sparsity, "weights": "int8"})]),
+                                               "int8")}
+    for path in plans or []:
+        hp = HarvestPlan.from_yaml(path)
+        hp.check(lm)
+        configs[f"planned {Path(path).name} ({hp.plan.name})"] = (hp.plan, hp.lm_head)
+    heldout = load_text("heldout")
+    evaluator = Evaluator(lm, heldout, max_tokens=eval_tokens)
+    evaluator.reference()
+    calibration = calibrate(lm, load_text("calibration"), max_tokens=calib_tokens)
+    prompt = lm.tokenizer(heldout)["input_ids"][:16]
+    table = measure(lm, configs, prompt, n_new, repeats, evaluator, calibration, progress=progress,
+                    clock=time.process_time if cpu_time else time.perf_counter)
+    return table, amdahl(lm, sparsity)
+
+
+def _bench_run(store, table_name: str, table, config: dict, load_before: tuple, extra: dict | None = None):
+    """Store one benchmark table as a ``bench`` run, with the load average before and after in the manifest."""
+    from sparsescope import __version__
+
+    run = store.create({"kind": "bench", "model": config.get("model", "kernels"), "config": config,
+                        "package_version": __version__, "loadavg_before": list(load_before),
+                        "loadavg_after": list(os.getloadavg())} | (extra or {}))
+    run.finalize({table_name: table.assign(run_id=run.run_id)})
+    return run
+
+
+def kernels_run(store, repeats: int = 7, progress=None, cpu_time: bool = False):
+    """``bench kernels`` as a stored ``bench`` run (table ``kernels``); returns (run, table)."""
+    store.check_writable()
+    if cpu_time and torch.get_num_threads() > 1:
+        raise UserError("--cpu-time adds up the CPU time of every thread; run it with OMP_NUM_THREADS=1")
+    before = os.getloadavg()
+    table = kernels(repeats=repeats, progress=progress, cpu_time=cpu_time)
+    config = {"repeats": repeats, "threads": torch.get_num_threads(), "clock": "cpu" if cpu_time else "wall"}
+    return _bench_run(store, "kernels", table, config, before), table
+
+
+def decode_run(store, model: str = "smollm2-135m", plans: list[str] | None = None, sparsity: float = 0.5,
+               n_new: int = 32, repeats: int = 3, progress=None, cpu_time: bool = False):
+    """``bench decode`` as a stored ``bench`` run (table ``decode``, Amdahl bound in the manifest).
+
+    Returns (run, table, bound)."""
+    store.check_writable()
+    if cpu_time and torch.get_num_threads() > 1:
+        raise UserError("--cpu-time adds up the CPU time of every thread; run it with OMP_NUM_THREADS=1")
+    before = os.getloadavg()
+    table, bound = decode(model, plans, sparsity, n_new, repeats, progress=progress, cpu_time=cpu_time)
+    config = {"model": model, "plans": plans, "sparsity": sparsity, "tokens": n_new, "repeats": repeats,
+              "threads": torch.get_num_threads(), "clock": "cpu" if cpu_time else "wall"}
+    return _bench_run(store, "decode", table, config, before, {"amdahl": bound}), table, bound

@@ -47,9 +47,17 @@ class Lever:
     def transform_weight(self, w: torch.Tensor) -> torch.Tensor:
         return w
 
+    def linear(self, x: torch.Tensor, module: nn.Module) -> torch.Tensor:
+        """Compute the (already input-transformed) linear; kernel levers override this to replace the matmul."""
+        return module(x)
+
     @property
     def changes_input(self) -> bool:
         return type(self).transform_input is not Lever.transform_input
+
+    @property
+    def replaces_linear(self) -> bool:
+        return type(self).linear is not Lever.linear
 
     @property
     def changes_weight(self) -> bool:
@@ -138,17 +146,21 @@ class Plan:
 
 
 class Wrapped(nn.Module):
-    """Stands in for a linear: transforms the input through its levers, then calls the original module."""
+    """Stands in for a linear: transforms the input through its levers, then calls the original module
+    (or the last lever that replaces the matmul itself, e.g. a sparse kernel)."""
 
     def __init__(self, original: nn.Module, levers: list[Lever]):
         super().__init__()
         self.original = original
         self.levers = levers
         self.input_levers = [lv for lv in levers if lv.changes_input]
+        self.kernel = next((lv for lv in reversed(levers) if lv.replaces_linear), None)
 
     def forward(self, x: torch.Tensor, *args, **kwargs):
         for lever in self.input_levers:
             x = lever.transform_input(x)
+        if self.kernel is not None:
+            return self.kernel.linear(x, self.original)
         return self.original(x, *args, **kwargs)
 
 
@@ -247,7 +259,7 @@ def apply(lm: LoadedModel, plan: Plan | Mapping | str | Path,
             module.weight.data = (w.t() if type(module).__name__ == "Conv1D" else w).contiguous()
         parent_path, _, child = f"{lm.sites.arch.blocks}.{layer}.{lm.sites.arch.linears[wsite]}".rpartition(".")
         parent = lm.model.get_submodule(parent_path)
-        if any(lv.changes_input for lv in levers):
+        if any(lv.changes_input or lv.replaces_linear for lv in levers):
             setattr(parent, child, Wrapped(module, levers))
         saved.append((parent, child, module, original_weight))
         levers_by_name[site_name(layer, wsite)] = levers

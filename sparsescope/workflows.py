@@ -340,3 +340,38 @@ def compare(store: RunStore, model: str, eval_tokens: int = 1024, seq_len: int =
     run = _finish(store, manifest, {"compare": table})
     run.write_file("compare.html", compare_page(run.manifest, table))
     return run, table, seconds
+
+
+# -- plan (harvest planner) ------------------------------------------------------------------------------------
+def plan(store: RunStore, model: str, budget: str = "5%", sparsities: str = "0.3,0.5,0.7", int8: bool = True,
+         eval_tokens: int = 1024, rounds: int = 4, teal: bool = True, apply: bool = False, tokens: int = 32,
+         repeats: int = 3, output: Path | None = None, text: str = "heldout", calibration: str = "calibration",
+         cpu_time: bool = False, load: Callable = load_model, progress: Progress = _quiet):
+    """A harvest plan run (kind `plan`): tables plan, comparison, rounds (+ decode with ``apply``) and plan.yaml.
+
+    Returns ``(run, result, tables)`` (``harvest.planner.PlanResult``, the tables written).
+    """
+    from sparsescope.harvest import planner as pl
+    from sparsescope.probes import load_text
+
+    cfg = pl.PlannerConfig(budget=pl.parse_budget(budget), sparsities=tuple(parse_floats(sparsities, "--sparsities")),
+                           int8=int8, eval_tokens=eval_tokens, rounds=rounds, compare_teal=teal)
+    store.check_writable()
+    texts = load_text(text), load_text(calibration)
+    start = time.perf_counter()
+    lm = load(model)
+    total = pl.n_steps(lm, cfg) + (3 * repeats + 6 if apply else 0)
+    tick = lambda label: progress(1, total, label)  # noqa: E731
+    result = pl.plan(lm, texts[0], texts[1], cfg, tick)
+    tables = {"plan": result.table, "comparison": result.comparison, "rounds": result.rounds}
+    if apply:
+        tables["decode"] = pl.decode_check(lm, result.plan, texts[0], texts[1], tokens, repeats, cfg, tick, cpu_time)
+    config = {"model": model, "budget": cfg.budget, "sparsities": list(cfg.sparsities), "int8": int8,
+              "eval_tokens": eval_tokens, "rounds": rounds, "teal": teal, "apply": apply, "text": text,
+              "calibration": calibration, "cpu_time": cpu_time}
+    run = _finish(store, _manifest("plan", lm, seconds=time.perf_counter() - start, notes=result.plan.notes,
+                                   config=config), tables)
+    result.plan.to_yaml(run.path / "plan.yaml")
+    if output is not None:
+        result.plan.to_yaml(output)
+    return run, result, tables

@@ -2,26 +2,41 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Optional
 
 import typer
 
-from sparsescope.cli._common import app, console, out, MODEL, friendly, load
+from sparsescope.cli._common import app, console, out, MODEL, RUNS_DIR, friendly, load, show
 from sparsescope.errors import UserError
 
 
 @app.command()
 @friendly
 def bench(
-    what: str = typer.Argument("all", help="record | memory | load | all"),
+    what: str = typer.Argument("all", help="record | memory | load | all | kernels | decode"),
     model: str = MODEL,
     suite: str = typer.Option("prose", help="Suite whose prompts are recorded."),
     repeats: int = typer.Option(3, help="Repeats per side (medians are reported)."),
+    plan: Optional[list[Path]] = typer.Option(None, help="decode: also time this plan.yaml (repeatable)."),
+    sparsity: float = typer.Option(0.5, help="decode: TEAL sparsity of the uniform sparse configurations."),
+    tokens: int = typer.Option(32, help="decode: tokens generated per repeat."),
+    cpu_time: bool = typer.Option(False, help="kernels/decode: time by this process's CPU time (OMP_NUM_THREADS=1)."),
+    runs_dir: Optional[Path] = RUNS_DIR,
 ):
     """Side-by-side benchmarks printed as ratios: recording overhead, memory vs tokens, cached vs GGUF load."""
     from sparsescope import bench as b
 
-    if what not in ("record", "memory", "load", "all"):
-        raise UserError(f"unknown benchmark {what!r}; choose record, memory, load or all")
+    if what not in ("record", "memory", "load", "all", "kernels", "decode"):
+        raise UserError(f"unknown benchmark {what!r}; choose record, memory, load, all, kernels or decode")
+    if runs_dir is not None:  # fail before minutes of timing, not after
+        from sparsescope.store import RunStore
+
+        RunStore(runs_dir).check_writable()
+    if what == "kernels":
+        return _bench_kernels(repeats, runs_dir, cpu_time)
+    if what == "decode":
+        return _bench_decode(model, plan, sparsity, tokens, repeats, runs_dir, cpu_time)
     if what in ("record", "all"):
         with console.status("recording overhead: plain forward vs recording, interleaved"):
             r = b.record_overhead(model, suite, repeats)
@@ -39,6 +54,40 @@ def bench(
             lt = b.load_time(model)
         out.print(f"model load: first ({lt['first']}) {lt['first_s']:.1f} s, then {lt['cached_s']:.2f} s: "
                   f"{lt['ratio']:.1f}× faster")
+
+
+def _bench_kernels(repeats: int, runs_dir, cpu_time: bool) -> None:
+    """Sparse GEMV vs the best dense path on SmolLM2's shapes and 4096x11008 (`bench kernels`)."""
+    from sparsescope import bench as b
+    from sparsescope.show.terminal import kernel_tables
+    from sparsescope.store import RunStore
+
+    with console.status("kernels: torch dense, our dense and sparse GEMVs, interleaved") as st:
+        run, table = b.kernels_run(RunStore(runs_dir), max(repeats, 5), lambda label: st.update(f"kernels: {label}"),
+                                   cpu_time)
+    for t in kernel_tables(table):
+        show(t)
+    m = run.manifest
+    out.print(f"load average before {m['loadavg_before'][0]:.1f}, after {m['loadavg_after'][0]:.1f} "
+              f"({m['config']['threads']} threads); table → {run.path}")
+
+
+def _bench_decode(model: str, plans, sparsity: float, tokens: int, repeats: int, runs_dir, cpu_time: bool) -> None:
+    """Lean-loop decode tokens/s, dense vs sparse/int8/planned, with Δppl (`bench decode`)."""
+    from sparsescope import bench as b
+    from sparsescope.show.terminal import decode_table
+    from sparsescope.store import RunStore
+
+    with console.status("decode: lean loop, configurations interleaved") as st:
+        run, table, bound = b.decode_run(RunStore(runs_dir), model, [str(p) for p in plans or []], sparsity, tokens,
+                                         repeats, lambda label: st.update(f"decode: {label}"), cpu_time)
+    show(decode_table(model, table, f"{tokens} tokens, medians of {repeats}"))
+    out.print(f"Amdahl: the LM head is {bound['head_fraction']:.0%} of the weight bytes per token and is not "
+              f"input-sparse: activation sparsity {sparsity:.0%} on every block linear can give at most "
+              f"{bound['bound_at_s']:.2f}x, any sparsity at most {bound['bound_any_s']:.2f}x (bytes-bound).")
+    m = run.manifest
+    out.print(f"load average before {m['loadavg_before'][0]:.1f}, after {m['loadavg_after'][0]:.1f} "
+              f"({m['config']['threads']} threads); table → {run.path}")
 
 
 @app.command()

@@ -134,3 +134,36 @@ def print_runs(df: pd.DataFrame, root, console: Console) -> None:
     for row, n in zip(df.itertuples(index=False), counts):
         table.add_row(row.run_id, str(row.kind), str(row.status), str(row.created)[:19], str(n))
     console.print(table, soft_wrap=True)
+
+
+def kernel_tables(table: pd.DataFrame) -> list[Table]:
+    """``bench kernels``: speed-up vs the best dense path, and fraction of the ideal 1/(1−s), per shape × kernel."""
+    out = []
+    for value, title in (("speedup_vs_best_dense", "speed-up vs the best dense path (torch or ours, fp32)"),
+                         ("frac_of_ideal", "fraction of the ideal 1/(1-s), against the dense path of the same "
+                                           "format")):
+        wide = table.pivot_table(index=["shape", "kernel"], columns="sparsity", values=value, sort=False)
+        out.append(frame_table(wide.astype(object).where(wide.notna(), ""), f"{title}; medians of interleaved "
+                                                                             "repeats"))
+    return out
+
+
+def decode_table(model: str, table: pd.DataFrame, what: str) -> Table:
+    """Decode speed and quality per configuration (speed-up vs the faster dense lean loop)."""
+    cols = [c for c in ("ms_per_token", "tokens_per_s", "speedup", "ppl", "rel_delta_ppl", "kl") if c in table]
+    return frame_table(table.set_index("config")[cols], f"{model}: batch-1 decode, lean loop, {what}")
+
+
+def plan_tables(model: str, result, decode: pd.DataFrame | None = None) -> list[Table]:
+    """``sparsescope plan``: choices per weight site, the planners side by side, the plan's decode check."""
+    chosen = result.table[result.table["selected"]]
+    counts = chosen.groupby(["site", "choice"]).size().rename("linears").to_frame()
+    n = result.plan.notes
+    out = [frame_table(counts, f"{model}: chosen per weight site; LM head {result.plan.lm_head}; measured "
+                               f"{n['measured_rel_delta_ppl']:+.2%} ppl ({n['dense_ppl']:.3f} → "
+                               f"{n['measured_ppl']:.3f}), budget {n['budget_rel_ppl']:.1%}"),
+           frame_table(result.comparison.set_index("planner"), "planners at the same budget (time saved per token: "
+                                                                 "predicted from this machine's kernel timings)")]
+    if decode is not None:
+        out.append(decode_table(model, decode, "dense vs planned"))
+    return out
