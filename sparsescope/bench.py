@@ -19,8 +19,9 @@ from pathlib import Path
 
 import torch
 
-from sparsescope.errors import UserError
+from sparsescope.errors import UserError, check_whole
 from sparsescope.models import load_model
+from sparsescope.models.loading import EMBEDDED
 from sparsescope.probes import load_suites
 from sparsescope.record import RecordConfig, Recorder
 
@@ -28,6 +29,7 @@ from sparsescope.record import RecordConfig, Recorder
 def record_overhead(model: str = "smollm2-135m", suite: str = "prose", repeats: int = 3,
                     presets: dict[str, str | None] | None = None) -> dict:
     """Median time of a full recording vs a plain forward over the same batches; one ratio per metric preset."""
+    check_whole(repeats, "repeats", 1, "medians need at least one repeat; pass e.g. --repeats 3")
     lm = load_model(model)
     s = load_suites([suite], tokenizer=lm.tokenizer)[0]
     presets = presets or {"all metrics": None, "no-sort metrics": "zero_frac,near_zero_frac,hoyer"}
@@ -53,10 +55,16 @@ def record_overhead(model: str = "smollm2-135m", suite: str = "prose", repeats: 
 
 
 def _child(args: list[str], env: dict | None = None) -> dict:
-    """Run one measurement in a fresh interpreter; it prints its result as the last JSON line."""
+    """Run one measurement in a fresh interpreter; it prints its result (or its UserError) as the last JSON line."""
     out = subprocess.run([sys.executable, "-m", "sparsescope.bench", *args], capture_output=True, text=True,
-                         check=True, env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})})
-    return json.loads(out.stdout.strip().splitlines()[-1])
+                         env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})})
+    lines = out.stdout.strip().splitlines()
+    if out.returncode or not lines:
+        raise RuntimeError(f"benchmark child {' '.join(args)} failed: {out.stderr.strip()[-2000:]}")
+    result = json.loads(lines[-1])
+    if "error" in result:
+        raise UserError(result["error"])
+    return result
 
 
 MEMORY_METRICS = "zero_frac,near_zero_frac,hoyer,delta_frac"  # all sites + neurons; sort buffers are per batch anyway
@@ -64,6 +72,7 @@ MEMORY_METRICS = "zero_frac,near_zero_frac,hoyer,delta_frac"  # all sites + neur
 
 def memory(model: str = "smollm2-135m", suite: str = "prose", factor: int = 10) -> dict:
     """Peak RSS of recording 10 prompts vs ``factor`` × as many tokens (all sites, neurons), fresh processes."""
+    check_whole(factor, "factor", 2)
     small = _child(["_memory", model, suite, "1"])
     large = _child(["_memory", model, suite, str(factor)])
     return {"1x": small, f"{factor}x": large, "ratio": large["peak_rss_mb"] / small["peak_rss_mb"],
@@ -80,13 +89,15 @@ def _memory_child(model: str, suite: str, repeat: int) -> dict:
 
 
 def load_time(model: str = "smollm2-135m") -> dict:
-    """First load (GGUF dequantisation + cache write, in an empty cache) vs cached load, fresh processes."""
+    """First load (in an empty cache) vs later loads, fresh processes. For an embedded model the first load is
+    the GGUF dequantisation + cache write; any other model has no cache to build (``first`` says which)."""
     with tempfile.TemporaryDirectory() as cache:
         env = {"SPARSESCOPE_CACHE": cache}
         first = _child(["_load", model], env)
         cached = [_child(["_load", model], env)["seconds"] for _ in range(3)]
     return {"first_s": first["seconds"], "cached_s": statistics.median(cached),
-            "ratio": first["seconds"] / statistics.median(cached)}
+            "ratio": first["seconds"] / statistics.median(cached),
+            "first": "GGUF dequantisation + cache write" if model in EMBEDDED else "cold load, no cache to build"}
 
 
 def _load_child(model: str) -> dict:
@@ -99,7 +110,10 @@ def _load_child(model: str) -> dict:
 
 if __name__ == "__main__":  # child-process entry points
     cmd, *rest = sys.argv[1:]
-    result = _memory_child(rest[0], rest[1], int(rest[2])) if cmd == "_memory" else _load_child(rest[0])
+    try:
+        result = _memory_child(rest[0], rest[1], int(rest[2])) if cmd == "_memory" else _load_child(rest[0])
+    except UserError as e:
+        result = {"error": str(e)}
     print(json.dumps(result))
 
 

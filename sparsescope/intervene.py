@@ -18,7 +18,7 @@ from torch import nn
 
 from sparsescope.errors import UserError
 from sparsescope.models.loading import LoadedModel
-from sparsescope.models.sites import linear_weight, site_name
+from sparsescope.models.sites import layer_list, linear_weight, site_list, site_name
 
 
 class InterventionError(UserError):
@@ -89,6 +89,16 @@ class Rule:
     layers: list[int] | None = None
     sites: list[str] | None = None
 
+    def __post_init__(self) -> None:  # a plan file is user input: check its types, accept "0,5" and "mlp.W_in"
+        if not isinstance(self.lever, str):
+            raise UserError(f"a plan rule's lever must be a name such as 'spike', got {self.lever!r}")
+        if self.params is None:
+            self.params = {}
+        if not isinstance(self.params, Mapping):
+            raise UserError(f"rule {self.lever!r}: params must be a mapping such as {{k: 3}}, got {self.params!r}")
+        self.layers = layer_list(self.layers, f"rule {self.lever!r} layers")
+        self.sites = site_list(self.sites, f"rule {self.lever!r} sites")
+
 
 @dataclass
 class Plan:
@@ -102,10 +112,23 @@ class Plan:
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "Plan":
+        rules = d.get("rules", []) if isinstance(d, Mapping) else None
+        if not isinstance(rules, list) or not all(isinstance(r, Mapping) for r in rules):
+            raise UserError(f"a plan is a mapping with a 'rules' list of mappings (lever, params, layers, sites), "
+                            f"got {d!r:.60}; see docs for an example plan")
         try:
-            return cls([Rule(**r) for r in d.get("rules", [])], d.get("name", ""))
+            return cls([Rule(**r) for r in rules], str(d.get("name", "")))
         except TypeError as e:
             raise UserError(f"bad plan rule: {e}; each rule has lever, params, layers, sites") from None
+
+    @classmethod
+    def coerce(cls, plan: "Plan | Mapping | str | Path") -> "Plan":
+        """A Plan from what a caller may hold: a Plan, its dict (``to_dict``) or the path of its YAML file."""
+        if isinstance(plan, Plan):
+            return plan
+        if isinstance(plan, (str, Path)):
+            return cls.from_yaml(plan)
+        return cls.from_dict(plan)
 
     def to_yaml(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
@@ -197,12 +220,23 @@ def _resolve(lm: LoadedModel, plan: Plan) -> dict[tuple[int, str], list[Rule]]:
     return chosen
 
 
-def apply(lm: LoadedModel, plan: Plan, calibration: Mapping[str, Mapping[str, torch.Tensor]] | None = None) -> Applied:
-    """Apply ``plan`` to ``lm`` in place; ``calibration[name]`` feeds per-linear statistics to lever factories.
+def check_model(lm: object, who: str = "apply/restore") -> None:
+    """Refuse a bare model: the plan in effect is tracked on the LoadedModel, so it must be the same object."""
+    if not isinstance(lm, LoadedModel):
+        raise UserError(f"{who} take the LoadedModel from sparsescope.load_model(...), got a {type(lm).__name__}; "
+                        "wrap it with load_model((model, tokenizer)) once and reuse that")
+
+
+def apply(lm: LoadedModel, plan: Plan | Mapping | str | Path,
+          calibration: Mapping[str, Mapping[str, torch.Tensor]] | None = None) -> Applied:
+    """Apply ``plan`` (a Plan, its dict or a YAML path) to ``lm`` in place; ``calibration[name]`` feeds per-linear
+    statistics to lever factories.
 
     Nothing is changed unless every rule resolves and every lever builds; a model with a plan in effect
     must be restored first.
     """
+    check_model(lm)
+    plan = Plan.coerce(plan)
     if getattr(lm, "_applied", None) is not None:
         raise InterventionError("this model already has a plan applied; call restore() (or leave its with-block) first")
     chosen = _resolve(lm, plan)
@@ -242,6 +276,7 @@ def apply(lm: LoadedModel, plan: Plan, calibration: Mapping[str, Mapping[str, to
 
 def restore(lm: LoadedModel) -> None:
     """Put back every original module and weight tensor (the same objects: bit-exact)."""
+    check_model(lm)
     applied = getattr(lm, "_applied", None)
     if applied is None:
         raise InterventionError("no plan is applied to this model; nothing to restore")

@@ -20,7 +20,7 @@ from collections import Counter
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import yaml
@@ -90,6 +90,50 @@ def load_suites(names: Sequence[str] | None = None, tokenizer=None, seed: int = 
         else:
             suites.append(_load(name, tokenizer, seed))
     return suites
+
+
+def unique_suites(suites: Sequence[Suite]) -> list[Suite]:
+    """Check that every suite has its own (name, split), the label of its rows and its resumable part in a run.
+
+    The same suite listed twice is kept once, with a warning. Two different suites under one (name, split) are
+    refused: recording both would store one under the other's label or overwrite it, and renaming either behind
+    the user's back would make its rows hard to find (and differ between runs), so the user picks the name.
+    """
+    kept: dict[tuple[str, str], Suite] = {}
+    for s in suites:
+        first = kept.setdefault((s.name, s.split), s)
+        if first is s:
+            continue
+        if first.texts == s.texts and first.source == s.source:
+            warnings.warn(f"suite {s.name!r} (split {s.split!r}) is listed twice; recording it once", stacklevel=2)
+            continue
+        raise UserError(f"two different suites are named {s.name!r} with split {s.split!r} ({first.source} and "
+                        f"{s.source}), so one would overwrite the other; rename one (a .txt/.jsonl suite is named "
+                        "after its file, a YAML suite by its 'name:')")
+    return list(kept.values())
+
+
+def as_suites(prompts: object) -> list[Suite]:
+    """What a caller passes as prompts, as suites: one prompt string, a list of strings (one suite named
+    "prompts"), a Suite, or a list of Suites. Anything else (None, numbers, an empty list) is refused."""
+    if isinstance(prompts, (str, Suite)):
+        prompts = [prompts]
+    if not isinstance(prompts, Iterable) or isinstance(prompts, (bytes, dict)):
+        raise UserError(f"prompts must be a string, a list of strings or of Suites, got a {type(prompts).__name__}; "
+                        "pass e.g. ['The cat sat on the mat.']")
+    items = list(prompts)
+    if not items:
+        raise UserError("no prompts given; pass a prompt string, a list of them or suites (probes.load_suites())")
+    if all(isinstance(p, Suite) for p in items):
+        return items
+    for i, p in enumerate(items):
+        if not isinstance(p, str):
+            raise UserError(f"prompt {i} is a {type(p).__name__} ({p!r:.40}); every prompt must be a string "
+                            "(or pass only Suites)")
+        if not p.strip():
+            raise UserError(f"prompt {i} is empty; drop empty prompts")
+    return [Suite("prompts", "id", [Prompt(f"p{i}", t, "prompts", "id") for i, t in enumerate(items)],
+                  source="user", license="user")]
 
 
 def load_text(name_or_path: str) -> str:

@@ -18,7 +18,8 @@ import pandas as pd
 from sparsescope import __version__
 from sparsescope.errors import UserError
 from sparsescope.models import load_model
-from sparsescope.store import RunDir, RunStore
+from sparsescope.models.sites import layer_list
+from sparsescope.store import RunDir, RunStore, claimed_runs, claims
 
 Progress = Callable[..., None]  # progress(n, total, note="")
 
@@ -61,17 +62,8 @@ def split_list(value: str | None) -> list[str] | None:
 
 
 def parse_layers(value: str | None) -> list[int] | None:
-    """``"0,5,10-12"`` → ``[0, 5, 10, 11, 12]``."""
-    if not value:
-        return None
-    layers = []
-    try:
-        for part in value.split(","):
-            lo, _, hi = part.partition("-")
-            layers += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
-    except ValueError:
-        raise UserError(f"bad --layers {value!r}; write e.g. 0,5,10-12") from None
-    return layers
+    """``"0,5,10-12"`` → ``[0, 5, 10, 11, 12]``; None or empty → None (every layer)."""
+    return layer_list(value, "--layers") if value else None
 
 
 def parse_floats(value: str, option: str) -> list[float]:
@@ -82,19 +74,41 @@ def parse_floats(value: str, option: str) -> list[float]:
         raise UserError(f"bad {option} {value!r}; write numbers separated by commas, e.g. 0.25,0.5") from None
 
 
-def _resumed(store: RunStore, resume: str) -> tuple[RunDir, ScanOptions]:
-    """The interrupted scan to finish and the options it was started with."""
+# A scan manifest's `config`: the ScanOptions it was started with (suites as a list), checked before a resume.
+_SCAN_CONFIG = {"model": str, "suites": list, "sites": (str, type(None)), "layers": (str, type(None)),
+                "metrics": (str, type(None)), "ladders": (str, type(None)), "seed": int, "batch_size": int,
+                "max_tokens": int, "window": int}
+
+
+def _resumed(store: RunStore, resume: str, given: ScanOptions) -> tuple[RunDir, ScanOptions]:
+    """The interrupted scan to finish, locked for this process, and the options it was started with.
+
+    Options in ``given`` that differ from both the defaults and the run's own are refused: a resume records the
+    run's remaining suites as it was started, never silently something else."""
     run = store.latest(kind="scan", status="incomplete") if resume == "last" else store.open(resume)
     if run is None:
         raise UserError("no interrupted scan to resume; start a new one without --resume")
+    if run.kind != "scan":
+        raise UserError(f"run {run.run_id} is a {run.kind} run; only scans resume (run the {run.kind} again)")
     if run.status == "complete":
         raise UserError(f"run {run.run_id} is already complete; `sparsescope report {run.run_id}` shows it")
-    cfg = run.manifest.get("config")
-    if not cfg:
-        raise UserError(f"run {run.run_id} has no readable manifest to resume from; start a new scan")
-    return run, ScanOptions(cfg["model"], ",".join(cfg["suites"]), cfg["sites"], cfg["layers"], cfg["metrics"],
-                            cfg.get("ladders"), cfg.get("seed", 0), cfg["batch_size"], cfg["max_tokens"],
-                            cfg.get("window", 0))  # runs from before windows counted whole prompts
+    cfg = {"seed": 0, "ladders": None, "window": 0} | (run.manifest.get("config") or {})  # older runs lack them
+    bad = [k for k, t in _SCAN_CONFIG.items() if not isinstance(cfg.get(k), t)]
+    if bad or not all(isinstance(s, str) for s in cfg["suites"]):
+        raise UserError(f"run {run.run_id} has no readable manifest to resume from ('{(bad or ['suites'])[0]}' of "
+                        "its config is missing or damaged); start a new scan")
+    opts = ScanOptions(**{k: cfg[k] for k in _SCAN_CONFIG} | {"suites": ",".join(cfg["suites"])})
+    asked = {k: getattr(given, k) for k in _SCAN_CONFIG if getattr(given, k) != getattr(ScanOptions(), k)}
+    clash = [k for k, v in asked.items() if v != getattr(opts, k) and not (k == "suites" and split_list(v) == cfg[k])]
+    if clash:
+        flags = ", ".join(f"--{k.replace('_', '-')} (the run has {getattr(opts, k)!r})" for k in clash)
+        raise UserError(f"--resume finishes run {run.run_id} with the options it was started with; drop {flags}, "
+                        "or start a new scan without --resume")
+    run.lock()
+    if run.status == "complete":  # finished by another process between the check above and the lock
+        run.unlock()
+        raise UserError(f"run {run.run_id} is already complete; `sparsescope report {run.run_id}` shows it")
+    return run, opts
 
 
 def scan(store: RunStore, opts: ScanOptions, resume: str | None = None, load: Callable = load_model,
@@ -102,9 +116,21 @@ def scan(store: RunStore, opts: ScanOptions, resume: str | None = None, load: Ca
     """Record a scan run (or finish the interrupted one ``resume`` names: its id or "last"), suite by suite.
 
     Each finished suite is written as a part at once; on any exception the run is marked incomplete and can be
-    resumed. Everything the options name is validated before the first write.
+    resumed. Everything the options name (and every prompt's tokens) is checked before the run is created.
     """
-    from sparsescope.probes import CORRUPTIONS, DEFAULT_SUITES, ladder_spec, load_suites
+    since = claims()
+    try:
+        return _scan(store, opts, resume, load, announce, progress)
+    except BaseException as e:  # Ctrl-C or a failure: the run keeps its finished suites and resumes from them
+        for run in claimed_runs(since):
+            if run.status != "complete":
+                run.mark_incomplete(f"interrupted: {type(e).__name__}")
+        raise
+
+
+def _scan(store: RunStore, opts: ScanOptions, resume: str | None, load: Callable, announce: Callable[[str], None],
+          progress: Progress) -> RunDir:
+    from sparsescope.probes import CORRUPTIONS, DEFAULT_SUITES, ladder_spec, load_suites, unique_suites
     from sparsescope.record import RecordConfig, Recorder
     from sparsescope.record.accuracy import ANSWERS, answer_accuracy
     from sparsescope.record.recorder import part_key
@@ -112,7 +138,9 @@ def scan(store: RunStore, opts: ScanOptions, resume: str | None = None, load: Ca
     store.check_writable()
     run = None
     if resume:
-        run, opts = _resumed(store, resume)
+        run, opts = _resumed(store, resume, opts)
+    if opts.suites is not None and not split_list(opts.suites):
+        raise UserError(f"--suites {opts.suites!r} names no suite; pass e.g. prose,code (or leave it out for all)")
     names = split_list(opts.suites) or list(DEFAULT_SUITES)
     corruptions = split_list(opts.ladders) or []
     unknown = [c for c in corruptions if c not in CORRUPTIONS]
@@ -122,8 +150,10 @@ def scan(store: RunStore, opts: ScanOptions, resume: str | None = None, load: Ca
                           batch_size=opts.batch_size, max_tokens=opts.max_tokens, window=opts.window)
     lm = load(opts.model)
     recorder = Recorder(lm, config)  # validates sites/layers/metrics before anything is written
-    suite_objs = load_suites(names + [f"ladder:{c}" for c in corruptions], tokenizer=lm.tokenizer, seed=opts.seed)
-    if run is None:
+    suite_objs = unique_suites(load_suites(names + [f"ladder:{c}" for c in corruptions], tokenizer=lm.tokenizer,
+                                           seed=opts.seed))
+    planned = {part_key(s): recorder.planned_tokens([s]) for s in suite_objs}  # checks every prompt and window
+    if run is None:  # created only now: a refused input leaves no run behind
         prose = load_suites(["prose"], tokenizer=lm.tokenizer, seed=opts.seed)[0] if corruptions else None
         ladders = {c: ladder_spec(prose, c, seed=opts.seed, tokenizer=lm.tokenizer) for c in corruptions}
         run = store.create(_manifest("scan", lm, suites=names, seed=opts.seed, ladders=ladders,
@@ -132,50 +162,72 @@ def scan(store: RunStore, opts: ScanOptions, resume: str | None = None, load: Ca
                                                     for s in suite_objs}), run_id=None)
     done = run.done_parts()
     todo = [s for s in suite_objs if part_key(s) not in done]
-    total = recorder.planned_tokens(todo)  # also refuses a window longer than every prompt of a suite, up front
+    total = sum(planned[part_key(s)] for s in todo)
     view = f"matched {config.window}-token windows" if config.window else "UNMATCHED whole prompts"
     announce(f"run [bold]{run.run_id}[/]: {len(recorder.targets)} sites × {len(recorder.metrics)} metrics, "
              f"{len(todo)} suites to record ({len(done)} already done), {total} tokens, {view}")
-    try:
-        recorder.run(todo, run_id=run.run_id, progress=lambda n: progress(n, total),
-                     on_suite=lambda key, part: run.write_part(
-                         key, {"activations": part.activations, "prompts": part.prompts, "neurons": part.neurons}))
-        tasks = [s for s in suite_objs if any(p.answer for p in s.prompts)]
-        if tasks and ANSWERS not in done:  # difficulty ladders: the model's own accuracy per level
-            run.write_part(ANSWERS, {ANSWERS: answer_accuracy(lm, tasks)})
-    except BaseException as e:  # Ctrl-C or a failure: keep the finished suites, say how to resume
-        run.mark_incomplete(f"interrupted: {type(e).__name__}")
-        raise
+    recorder.run(todo, run_id=run.run_id, progress=lambda n: progress(n, total),
+                 on_suite=lambda key, part: run.write_part(
+                     key, {"activations": part.activations, "prompts": part.prompts, "neurons": part.neurons}))
+    tasks = [s for s in suite_objs if any(p.answer for p in s.prompts)]
+    if tasks and ANSWERS not in done:  # difficulty ladders: the model's own accuracy per level
+        run.write_part(ANSWERS, {ANSWERS: answer_accuracy(lm, tasks)})
     run.finalize()
     return run
 
 
 @dataclass
 class Report:
-    """What `report` found in a scan run: the ID/OOD summary, the statistic tables, the HTML page (or None)."""
+    """What `report` found in a scan run: the metric summarised, the ID/OOD summary (None when the run has no
+    ID or OOD suite, e.g. only ladders), the statistic tables, the HTML page (or None)."""
 
     run: RunDir
     metric: str
-    summary: pd.DataFrame
+    summary: pd.DataFrame | None
     stats: dict[str, pd.DataFrame]
     html: Path | None
 
 
-def open_run(store: RunStore, run_id: str = "last") -> RunDir:
-    """A complete run by id (prefix), or the latest complete one for "last"."""
-    run = store.latest(status="complete") if run_id == "last" else store.open(run_id)
-    if run is None:
-        raise UserError("no complete runs yet; run `sparsescope scan` first")
+def open_run(store: RunStore, run_id: str = "last", kind: str = "scan") -> RunDir:
+    """A complete run of ``kind`` by id (prefix), or the latest complete one of that kind for "last"."""
+    if run_id == "last":
+        run = store.latest(kind=kind, status="complete")
+        if run is None:
+            raise UserError(f"no complete {kind} run in {store.root} yet; record one with `sparsescope {kind}`")
+        return run
+    run = store.open(run_id)
+    if run.kind != kind:
+        raise UserError(f"run {run.run_id} is a {run.kind} run, not a {kind} run; pick a {kind} run "
+                        f"(`sparsescope runs` lists them with their kind)")
     return run
 
 
-def report(run: RunDir, metric: str = "hoyer", html: bool = True) -> Report:
+def default_metric(activations: pd.DataFrame) -> str:
+    """The metric a summary shows when none is asked for: hoyer if recorded, else the run's first recorded one."""
+    from sparsescope.record.metrics import BASE_METRICS, Metric
+
+    recorded = activations[activations["metric"].isin(BASE_METRICS)].drop_duplicates(["metric", "threshold"])
+    if (recorded["metric"] == "hoyer").any() or recorded.empty:
+        return "hoyer"
+    first = recorded.iloc[0]
+    return Metric(first["metric"], float(first["threshold"])).label
+
+
+def report(run: RunDir, metric: str | None = None, html: bool = True) -> Report:
     """Summarise a scan run: ID vs OOD per layer and, with a `prompts` table, the statistics over prompts (their
-    `effects`, `trends` and `detector` tables are written into the run); ``html`` also writes `report.html`."""
-    from sparsescope.harvest.summary import statistics, summary_table
+    `effects`, `trends` and `detector` tables are written into the run); ``html`` also writes `report.html`.
+
+    ``metric`` None: hoyer, or the run's first metric when it has no hoyer. A run without ID or OOD suites
+    (ladders only) has no ID/OOD summary (``summary`` None) but still its statistics and page."""
+    from sparsescope.harvest.summary import DEFAULT_SITES, ID, OOD, statistics, summary_table
     from sparsescope.show.report import write_html
 
-    summary = summary_table(run.read("activations"), metric=metric)
+    acts = run.read("activations")
+    metric = metric or default_metric(acts)
+    summary = None
+    if acts["split"].isin([ID, OOD]).any():
+        present = set(acts["site"])
+        summary = summary_table(acts, metric=metric, sites=[s for s in DEFAULT_SITES if s in present] or None)
     stats = {}
     if "prompts" in run.manifest.get("tables", {}):
         stats = statistics(run.read("prompts"))

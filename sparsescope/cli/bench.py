@@ -29,6 +29,10 @@ def bench(
 
     if what not in ("record", "memory", "load", "all", "kernels", "decode"):
         raise UserError(f"unknown benchmark {what!r}; choose record, memory, load, all, kernels or decode")
+    if runs_dir is not None:  # fail before minutes of timing, not after
+        from sparsescope.store import RunStore
+
+        RunStore(runs_dir).check_writable()
     if what == "kernels":
         return _bench_kernels(repeats, runs_dir, cpu_time)
     if what == "decode":
@@ -46,10 +50,10 @@ def bench(
         out.print(f"peak RSS: 1× {m['1x']['peak_rss_mb']:.0f} MB ({m['1x']['tokens']} tok), "
                   f"10× {m['10x']['peak_rss_mb']:.0f} MB ({m['10x']['tokens']} tok): ratio {m['ratio']:.3f}")
     if what in ("load", "all"):
-        with console.status("load time: GGUF dequantisation into an empty cache vs cached loads"):
+        with console.status("load time: first load into an empty cache vs later loads"):
             lt = b.load_time(model)
-        out.print(f"model load: first (GGUF) {lt['first_s']:.1f} s, cached {lt['cached_s']:.2f} s: "
-                  f"{lt['ratio']:.0f}× faster cached")
+        out.print(f"model load: first ({lt['first']}) {lt['first_s']:.1f} s, then {lt['cached_s']:.2f} s: "
+                  f"{lt['ratio']:.1f}× faster")
 
 
 def _bench_kernels(repeats: int, runs_dir, cpu_time: bool) -> None:

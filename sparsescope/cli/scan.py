@@ -45,14 +45,17 @@ def scan(
     _report(run, html=report)
 
 
-def _report(run, html: bool = True, metric: str = "hoyer") -> None:
+def _report(run, html: bool = True, metric: str | None = None) -> None:
     """Print a scan's summary (and statistics, when it has prompts) and write its report (`scan` and `report`)."""
     from sparsescope import workflows
     from sparsescope.show.terminal import print_stats, print_summary
 
     with console.status("statistics over prompts (bootstrap CIs, trends, detector)"):
         rep = workflows.report(run, metric=metric, html=html)
-    print_summary(rep.summary, out, title=f"{run.run_id}: {metric}, ID vs OOD per layer")
+    if rep.summary is None:
+        out.print(f"{run.run_id}: no ID vs OOD summary (the run has no ID or OOD suite); the report shows its ladders")
+    else:
+        print_summary(rep.summary, out, title=f"{run.run_id}: {rep.metric}, ID vs OOD per layer")
     print_stats(rep.stats, out)
     if run.manifest.get("weights_note"):
         out.print(f"note: {run.manifest['weights_note']}")
@@ -64,11 +67,12 @@ def _report(run, html: bool = True, metric: str = "hoyer") -> None:
 @friendly
 def report(
     run_id: str = typer.Argument("last", help="Run id (prefix) or 'last'."),
-    metric: str = typer.Option("hoyer", help="Metric for the summary table."),
+    metric: Optional[str] = typer.Option(None, help="Metric for the summary table (default: hoyer, or the run's "
+                                                 "first metric)."),
     html: bool = typer.Option(True, help="Also write the self-contained HTML report."),
     runs_dir: Optional[Path] = RUNS_DIR,
 ):
-    """Print the ID vs OOD summary of a run and write its HTML report."""
+    """Print the ID vs OOD summary of a scan run ('last': the newest complete scan) and write its HTML report."""
     from sparsescope.store import RunStore
     from sparsescope.workflows import open_run
 

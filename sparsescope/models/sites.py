@@ -7,7 +7,9 @@ goes through :class:`SiteMap`, so a new architecture is one more table.
 
 from __future__ import annotations
 
+import numbers
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Callable, Literal
 
@@ -64,6 +66,43 @@ def parse_site(name: str) -> tuple[int, str]:
 def site_name(layer: int, site: str) -> str:
     """Inverse of :func:`parse_site`."""
     return f"blocks.{layer}.{site}"
+
+
+def site_list(value: object, what: str = "sites") -> list[str] | None:
+    """Sites as a user passes them: None (all), ``"mlp.hook_post,hook_resid_post"`` or a list of names."""
+    if value is None:
+        return None
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, Iterable) or not all(isinstance(v, str) for v in items):
+        raise UserError(f"{what} must be site names, got {value!r}; pass e.g. 'mlp.hook_post' or "
+                        "['mlp.hook_post', 'blocks.3.hook_resid_post']")
+    names = [v.strip() for v in items if v.strip()]
+    if not names:
+        raise UserError(f"no {what} given in {value!r}; pass e.g. 'mlp.hook_post' (or None for all)")
+    return names
+
+
+def layer_list(value: object, what: str = "layers") -> list[int] | None:
+    """Layers as a user passes them: None (all), ``3``, ``"0,5,10-12"`` or a list of whole numbers."""
+    if value is None:
+        return None
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return [int(value)]
+    if isinstance(value, str):
+        layers: list[int] = []
+        for part in value.split(","):
+            lo, dash, hi = part.strip().partition("-")
+            if not (lo.isdigit() and (hi.isdigit() or not dash)):
+                raise UserError(f"bad {what} {value!r}; write e.g. 0,5,10-12")
+            if dash and int(hi) < int(lo):
+                raise UserError(f"bad {what} {value!r}: the range {lo}-{hi} is empty; write the lower layer first, "
+                                f"e.g. {hi}-{lo}")
+            layers += list(range(int(lo), int(hi or lo) + 1))
+        return layers
+    items = list(value) if isinstance(value, Iterable) else None
+    if items is None or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in items):
+        raise UserError(f"{what} must be whole numbers, got {value!r}; pass e.g. [0, 5] or '0,5,10-12'")
+    return [int(v) for v in items]
 
 
 @dataclass(frozen=True)
@@ -260,6 +299,8 @@ class SiteMap:
             self.weight_sites = tuple(s for s in WEIGHT_SITES if s in arch.linears)
 
     def check_layer(self, layer: int) -> None:
+        if not isinstance(layer, numbers.Integral) or isinstance(layer, bool):
+            raise UserError(f"layer {layer!r} is not a whole number; give layers as integers, e.g. [0, 5]")
         if not 0 <= layer < self.n_layers:
             raise UserError(f"layer {layer} does not exist; this model has layers 0..{self.n_layers - 1}")
 

@@ -8,6 +8,7 @@ validity mask for ragged rows (attention-pattern rows only cover keys a query ca
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +31,15 @@ DEFAULT_THRESHOLDS: dict[str, tuple[float, ...]] = {
     "delta_frac": DELTA_T,
 }
 SPLIT_METRICS = ("dead_frac", "dense_frac")  # from per-neuron firing counts, per suite only
+# Valid parameter of each metric that takes one: (low, high, high allowed?); low itself is never allowed.
+# near_zero/delta thresholds are in RMS units (any finite t > 0); mass_density keeps a share p of the energy;
+# teal_sparsity allows a relative error e (e ≥ 1 would drop every entry of every token).
+PARAM_RANGES: dict[str, tuple[float, float, bool]] = {
+    "near_zero_frac": (0.0, math.inf, False),
+    "delta_frac": (0.0, math.inf, False),
+    "mass_density": (0.0, 1.0, True),
+    "teal_sparsity": (0.0, 1.0, False),
+}
 
 
 @dataclass(frozen=True)
@@ -38,6 +48,14 @@ class Metric:
 
     name: str
     threshold: float = math.nan
+
+    def __post_init__(self) -> None:  # nan = no threshold given (a bare "near_zero_frac" means its defaults)
+        if isinstance(self.threshold, float) and math.isnan(self.threshold):
+            return
+        if self.name in PARAM_RANGES:
+            check_param(self.name, self.threshold)
+        elif self.name in BASE_METRICS:
+            raise UserError(f"metric {self.name!r} takes no threshold; write it without '@{self.threshold}'")
 
     @classmethod
     def parse(cls, text: str) -> "Metric":
@@ -60,6 +78,17 @@ class Metric:
         return self.name if math.isnan(self.threshold) else f"{self.name}@{self.threshold:g}"
 
 
+def check_param(name: str, value: float) -> None:
+    """Refuse a metric parameter outside its range (so every stored fraction stays in [0, 1])."""
+    low, high, closed = PARAM_RANGES[name]
+    number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    inside = number and low < value and (value <= high if closed else value < high)
+    if not inside:
+        bracket = "]" if closed else ")"
+        raise UserError(f"threshold of {name!r} must lie in ({low:g}, {high:g}{bracket}, got {value!r}; "
+                        f"write e.g. {name}@{DEFAULT_THRESHOLDS[name][0]:g}")
+
+
 def default_metrics() -> list[Metric]:
     out = []
     for name in BASE_METRICS:
@@ -68,14 +97,21 @@ def default_metrics() -> list[Metric]:
     return out
 
 
-def parse_metrics(spec: str | list[str] | None) -> list[Metric]:
-    """Parse ``"hoyer,near_zero_frac@0.1,teal_sparsity"`` (a base name alone means its default thresholds)."""
+def parse_metrics(spec: str | list[str | Metric] | None) -> list[Metric]:
+    """Parse ``"hoyer,near_zero_frac@0.1,teal_sparsity"`` (a base name alone means its default thresholds);
+    a list may mix such names and :class:`Metric` objects."""
     if spec is None:
         return default_metrics()
-    items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
+    items = spec.split(",") if isinstance(spec, str) else list(spec) if isinstance(spec, (list, tuple)) else None
+    bad = [i for i in items or [spec] if not isinstance(i, (str, Metric))]
+    if items is None or bad:
+        raise UserError(f"metrics must be names such as 'hoyer' or 'near_zero_frac@0.1', got {bad[0]!r}; "
+                        "pass e.g. 'hoyer,near_zero_frac@0.1' or a list of such names")
     out: list[Metric] = []
     for item in items:
-        m = Metric.parse(item)
+        if not isinstance(item, Metric) and not item.strip():
+            continue
+        m = item if isinstance(item, Metric) else Metric.parse(item.strip())
         name = m.name
         if name not in BASE_METRICS:
             raise UserError(f"unknown metric {name!r}; choose from: {', '.join(BASE_METRICS)} (add @t for a threshold)")
@@ -83,8 +119,6 @@ def parse_metrics(spec: str | list[str] | None) -> list[Metric]:
         if not math.isnan(m.threshold):
             if not takes:
                 raise UserError(f"metric {name!r} takes no threshold; write it without '@{m.threshold:g}'")
-            if not m.threshold > 0:
-                raise UserError(f"threshold of {name!r} must be positive, got {m.threshold}")
             out.append(m)
         else:
             out += [Metric(name, v) for v in DEFAULT_THRESHOLDS[name]] if takes else [Metric(name)]
@@ -107,7 +141,7 @@ def token_metrics(x: torch.Tensor, metrics: list[Metric], mask: torch.Tensor | N
     if mask is None:
         n = torch.full((x.shape[0],), x.shape[1], dtype=dt, device=x.device)
     else:
-        a = a.masked_fill(~mask, math.inf)  # invalid entries sort last and never count as small
+        a = a.masked_fill(~mask, math.inf)  # invalid entries sort last; counts are capped at n (a huge t·rms is inf)
         n = mask.sum(1).to(dt)
     finite = a if mask is None else a.masked_fill(~mask, 0.0)
     total = finite.pow(2).sum(1, dtype=torch.float64)
@@ -119,12 +153,12 @@ def token_metrics(x: torch.Tensor, metrics: list[Metric], mask: torch.Tensor | N
         c = srt.to(torch.float64).pow(2).cumsum(1)  # c[j] = energy of the j+1 smallest entries
 
         def count_le(v: torch.Tensor) -> torch.Tensor:  # entries with |x| ≤ v, per row
-            return torch.searchsorted(srt, v.to(dt)[:, None].contiguous(), right=True)[:, 0].to(dt)
+            return torch.searchsorted(srt, v.to(dt)[:, None].contiguous(), right=True)[:, 0].to(dt).minimum(n)
     else:
         c = None
 
         def count_le(v: torch.Tensor) -> torch.Tensor:
-            return (a <= v[:, None]).sum(1).to(dt)
+            return (a <= v[:, None]).sum(1).to(dt).minimum(n)
 
     for m in static:
         if m.name == "zero_frac":

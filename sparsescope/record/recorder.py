@@ -23,9 +23,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from sparsescope.errors import UserError
+from sparsescope.errors import UserError, check_whole
 from sparsescope.models.loading import LoadedModel
-from sparsescope.models.sites import parse_site
+from sparsescope.models.sites import layer_list, parse_site, site_list
+from sparsescope.probes import as_suites, unique_suites
 from sparsescope.record.metrics import FIRE_T, Metric, delta_frac, parse_metrics, token_metrics
 
 PATTERN = "attn.hook_pattern"
@@ -36,14 +37,19 @@ LOGITS_LAYER, LOGITS_SITE = -1, "logits"
 class RecordConfig:
     """What to record: sites (``mlp.hook_post`` for every layer or ``blocks.3.mlp.hook_post``), layers, metrics."""
 
-    sites: list[str] | None = None  # site names, bare (every layer) or full `blocks.{l}.…`; None = every site
-    layers: list[int] | None = None  # layers for the bare site names; None = every layer
+    sites: list[str] | None = None  # names, bare (every layer) or `blocks.{l}.…`, list or "a,b"; None = every site
+    layers: list[int] | None = None  # layers for the bare site names (list, 3 or "0,5,10-12"); None = every layer
     metrics: list[Metric] | str | None = None  # Metric list or "hoyer,near_zero_frac@0.1"; None = all defaults
     batch_size: int = 8  # prompts per forward pass (memory, not results)
     max_tokens: int = 256  # prompts are truncated to this many tokens
     neurons: bool = True  # also the per-neuron `neurons` table (fire_freq, mean_abs)
     logits: bool = True  # also per-prompt nll / max_prob / nll_per_byte rows (site "logits"): detector baselines
     window: int = 32  # tokens per prompt that count, at matched positions after the shared prefix; 0 = unmatched
+
+    def __post_init__(self) -> None:  # accept what a user naturally passes: "mlp.hook_post", 3, "0,5,10-12"
+        self.sites, self.layers = site_list(self.sites), layer_list(self.layers)
+        check_whole(self.batch_size, "batch size", 1, "pass e.g. --batch-size 8")
+        check_whole(self.max_tokens, "max tokens", 2, "pass e.g. --max-tokens 256")
 
 
 @dataclass
@@ -75,14 +81,10 @@ class Recorder:
 
     def __init__(self, lm: LoadedModel, config: RecordConfig | None = None):
         self.lm, self.config = lm, config or RecordConfig()
-        if self.config.batch_size < 1 or self.config.max_tokens < 2:
-            raise UserError("batch size must be ≥ 1 and max tokens ≥ 2; pass e.g. --batch-size 8 --max-tokens 256")
         if self.config.window < 0 or self.config.window == 1:
             raise UserError(f"window {self.config.window} must be ≥ 2 tokens (or 0 for the unmatched whole-prompt "
                             "view); pass e.g. --window 32")
-        given = self.config.metrics
-        self.metrics = given if isinstance(given, list) and all(isinstance(m, Metric) for m in given) \
-            else parse_metrics(given)
+        self.metrics = parse_metrics(self.config.metrics)
         self.static = [m for m in self.metrics if m.name != "delta_frac"]
         self.delta_t = [m.threshold for m in self.metrics if m.name == "delta_frac"]
         self.targets = self._targets()
@@ -113,7 +115,9 @@ class Recorder:
         ids = [self.lm.tokenizer(t)["input_ids"] for t in texts]
         long = sum(len(i) > self.max_len for i in ids) if not self.config.window else 0
         if long:
-            warnings.warn(f"{long} prompt(s) longer than {self.max_len} tokens were truncated (raise --max-tokens)")
+            fix = f"raise --max-tokens, up to the model's context of {self.lm.context}" \
+                if self.max_len < self.lm.context else f"the model's context is {self.lm.context} tokens"
+            warnings.warn(f"{long} prompt(s) longer than {self.max_len} tokens were truncated ({fix})")
         if any(len(i) == 0 for i in ids):
             raise UserError("a prompt produced no tokens; remove empty prompts from the suite")
         return ids if self.config.window else [i[: self.max_len] for i in ids]
@@ -342,7 +346,7 @@ class Recorder:
             skip: set[str] | None = None, on_suite: Callable[[str, Recording], None] | None = None) -> Recording:
         """Record every suite (skipping :func:`part_key`s in ``skip``, for resume); ``on_suite`` sees each part."""
         parts = []
-        for suite in suites:
+        for suite in unique_suites(suites):
             if skip and part_key(suite) in skip:
                 continue
             part = self.record_suite(suite, run_id, progress)
@@ -393,13 +397,12 @@ def concat_recordings(parts: Sequence[Recording], run_id: str = "") -> Recording
                  for t in ("activations", "prompts", "neurons")), run_id=run_id)
 
 
-def record(model, suites, sites: list[str] | None = None, metrics: str | list[str] | None = None, **config) -> Recording:
-    """Record sparsity of ``model`` (any ``load_model`` spec) over suites or a list of prompt strings."""
+def record(model, suites, sites: str | list[str] | None = None, metrics: str | list[str] | None = None,
+           **config) -> Recording:
+    """Record sparsity of ``model`` (any ``load_model`` spec) over prompts: one string, a list of strings, a
+    ``probes.Suite`` or a list of them. ``sites``: one name, comma-separated names or a list (default all)."""
     from sparsescope.models import load_model
-    from sparsescope.probes import Prompt, Suite
 
-    lm = load_model(model)
-    if suites and isinstance(suites[0], str):
-        suites = [Suite("prompts", "id", [Prompt(f"p{i}", t, "prompts", "id") for i, t in enumerate(suites)],
-                        source="user", license="user")]
-    return Recorder(lm, RecordConfig(sites=sites, metrics=metrics, **config)).run(suites)
+    suites = as_suites(suites)  # before the model loads: a bad argument fails fast
+    config = RecordConfig(sites=sites, metrics=metrics, **config)
+    return Recorder(load_model(model), config).run(suites)
