@@ -44,7 +44,8 @@ def test_huge_threshold_counts_only_valid_entries_of_ragged_rows():
 
 def test_attention_pattern_agrees_with_other_sites_on_a_huge_threshold():
     """Every entry is ≤ 1e39·RMS, so near-zero is exactly 1 at every site; masked (future) keys never count."""
-    config = RecordConfig(sites=["attn.hook_pattern", "mlp.hook_post"], metrics="near_zero_frac@1e39", neurons=False)
+    config = RecordConfig(sites=["attn.hook_pattern", "mlp.hook_post"], metrics="near_zero_frac@1e39", neurons=False,
+                          window=0)
     run = Recorder(tiny_model("llama"), config).record_suite(suite())
     assert set(run.activations.value) == {1.0}
     assert set(run.prompts[run.prompts.metric == "near_zero_frac"].value) == {1.0}
@@ -59,16 +60,17 @@ def lm():
 def test_record_takes_a_string_as_one_prompt_and_one_site(lm):
     import sparsescope
 
-    run = sparsescope.record(lm, "The cat sat", sites="mlp.hook_post", layers="1", metrics="hoyer", neurons=False)
+    run = sparsescope.record(lm, "The cat sat", sites="mlp.hook_post", layers="1", metrics="hoyer", neurons=False,
+                             window=0)
     assert run.prompts.prompt_id.unique().tolist() == ["p0"]
     assert set(zip(run.activations.layer, run.activations.site)) == {(1, "mlp.hook_post")}
     one = sparsescope.record(lm, ["The cat sat"], sites=["mlp.hook_post"], layers=[1], metrics=["hoyer"],
-                             neurons=False)
+                             neurons=False, window=0)
     assert one.activations.value.tolist() == run.activations.value.tolist()
 
 
 def test_same_suite_twice_is_recorded_once_and_different_suites_under_one_name_are_refused(lm):
-    rec = Recorder(lm, RecordConfig(sites=["mlp.hook_post"], metrics="hoyer", neurons=False))
+    rec = Recorder(lm, RecordConfig(sites=["mlp.hook_post"], metrics="hoyer", neurons=False, window=0))
     with pytest.warns(UserWarning, match="listed twice"):
         run = rec.run([suite(), suite()])
     assert len(run.prompts) == len(rec.run([suite()]).prompts)
@@ -97,7 +99,7 @@ def _cli(*args):
 
 def _scan(model_dir, runs, *extra):
     return _cli("scan", "--model", model_dir, "--suites", "prose,random_tokens", "--max-tokens", "16",
-                "--metrics", "hoyer", "--runs-dir", runs, *extra)
+                "--window", "8", "--metrics", "hoyer", "--runs-dir", runs, *extra)
 
 
 def test_full_disk_during_scan_is_one_line_with_a_log_and_the_run_resumes(model_dir, tmp_path, monkeypatch):
@@ -237,7 +239,7 @@ def test_evaluator_warns_when_the_text_has_fewer_tokens_than_asked(lm):
 
 
 def test_truncation_warning_names_the_context_when_max_tokens_exceeds_it(lm):
-    rec = Recorder(lm, RecordConfig(metrics="hoyer", max_tokens=10_000))
+    rec = Recorder(lm, RecordConfig(metrics="hoyer", max_tokens=10_000, window=0))
     with pytest.warns(UserWarning, match="the model's context is 256 tokens"):
         rec.tokenize(["x" * 300])
 
@@ -255,7 +257,8 @@ def test_bench_load_labels_the_first_load_by_what_it_does(monkeypatch):
                                    ["--suites", "random_tokens", "--metrics", "near_zero_frac"],
                                    ["--suites", "ladder:shuffle", "--metrics", "hoyer"]])
 def test_a_finished_scan_exits_0_and_writes_its_report_whatever_it_recorded(model_dir, tmp_path, extra):
-    res = _cli("scan", "--model", str(model_dir), "--max-tokens", "16", "--runs-dir", str(tmp_path), *extra)
+    res = _cli("scan", "--model", str(model_dir), "--max-tokens", "16", "--window", "8", "--runs-dir", str(tmp_path),
+               *extra)
     assert res.exit_code == 0, res.output
     (run,) = [p for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith(".")]
     assert (run / "report.html").is_file() and "error" not in res.output

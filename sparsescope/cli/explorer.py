@@ -46,7 +46,7 @@ def explorer(
     """Explore the run store in the browser: harvest plan, ID vs OOD, spiking, neurons, SAE features, circuits."""
     root = (runs or Path("runs")).expanduser().resolve()
     if root.exists() and not root.is_dir():
-        raise UserError(f"--runs {root} is a file, not a runs folder; pass the folder that holds the run folders")
+        raise UserError(f"--runs {root} is a file, not a folder; pass the folder that holds the run folders")
     if not EXPLORER.is_file():
         raise UserError(f"the explorer app is not next to this package ({EXPLORER} is missing); "
                         "install sparsescope from a source checkout (pip install -e .)")
