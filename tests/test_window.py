@@ -9,6 +9,7 @@ from sparsescope.probes import Prompt, Suite
 from sparsescope.record import RecordConfig, Recorder
 from sparsescope.record.metrics import Metric
 from test_metrics import reference
+from test_recorder import captured
 from tiny import tiny_model
 
 PREFIX = "SYS: be brief. USER: "
@@ -19,21 +20,6 @@ BODIES = ["the cat sat on the mat and then it slept all day long in the sun",
 
 def suite(texts, name="s"):
     return Suite(name, "id", [Prompt(f"p{i}", t, name, "id") for i, t in enumerate(texts)], source="t", license="t")
-
-
-def full_forward(lm, text):
-    """Every layer-0 mlp.hook_post vector and the logits of the whole, untruncated prompt."""
-    module, io, extract = lm.sites.hook(0, "mlp.hook_post")
-    box = {}
-    if io == "output":
-        h = module.register_forward_hook(lambda m, a, o: box.__setitem__("x", extract(o)))
-    else:
-        h = module.register_forward_pre_hook(lambda m, a: box.__setitem__("x", a[0]))
-    ids = torch.tensor([lm.tokenizer(text)["input_ids"]])
-    with torch.no_grad():
-        logits = lm.model(input_ids=ids).logits[0].double()
-    h.remove()
-    return box["x"][0].double().numpy(), ids[0], logits
 
 
 def test_window_counts_matched_positions_after_the_shared_prefix():
@@ -47,7 +33,8 @@ def test_window_counts_matched_positions_after_the_shared_prefix():
     p = run.prompts
     assert set(p.prompt_id) == {"p0", "p1"} and (p.window_start == start).all() and (p.window == w).all()
     for i in (0, 1):
-        x, ids, logits = full_forward(lm, texts[i])
+        x, ids, logits = captured(lm, texts[i], 0, "mlp.hook_post")  # the whole, untruncated prompt
+        logits = logits.double()
         rows = p[p.prompt_id == f"p{i}"]
         assert (rows.prompt_tokens == len(ids)).all()
         hoyer = rows[rows.metric == "hoyer"]
@@ -72,7 +59,7 @@ def test_window_starts_after_position_zero_and_is_unmatched_when_zero():
         suite(texts))
     assert (win.prompts.window_start == 1).all() and (full.prompts.window_start == 0).all()
     for i, text in enumerate(texts):
-        x, ids, _ = full_forward(lm, text)
+        x, ids, _ = captured(lm, text, 0, "mlp.hook_post")
         got = win.prompts[(win.prompts.prompt_id == f"p{i}") & (win.prompts.metric == "hoyer")].value.item()
         assert got == pytest.approx(np.mean([reference(v, Metric("hoyer")) for v in x[1:9]]), rel=1e-9)
         whole = full.prompts[(full.prompts.prompt_id == f"p{i}") & (full.prompts.metric == "hoyer")]
