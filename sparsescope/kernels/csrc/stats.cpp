@@ -1,0 +1,288 @@
+// Fused exact per-token sparsity statistics for the recorder (sparsescope/kernels/stats.py holds the contract and
+// the pure-torch fallback that must give the same numbers).
+//
+// One call handles every token of one hooked site for one batch: x is a strided view [B, T, G, n] (G rows per token:
+// the heads of an attention pattern, 1 elsewhere), owner [B, T] says which tokens count (-1 = padding or skipped).
+// Per token it writes C = M + D + 3 float64 columns: the M static metric values (mean over the G rows), the D delta
+// (temporal) values against token t-1 of the same prompt, then flags ok (finite), bad (NaN/inf) and delta-ok.
+// Optional per-neuron accumulators (fire counts, sum |x|) are updated in place.
+//
+// The energy metrics (mass_density, teal_sparsity) need "how many of the smallest squares fit under a budget".
+// Instead of sorting the row, one pass builds a log-scale histogram of |x| relative to the row maximum (8 bins per
+// octave, 16 octaves, everything smaller lumped into the last bin) with a count and an energy sum per bin; a walk
+// over the bins finds each budget's boundary bin, and only that bin's entries are sorted and added one by one.
+// Squares of float32/bfloat16 values are exact in float64, so the counts equal those of a full sort + cumsum except
+// when a partial energy sum lies within float64 rounding of the budget.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+enum Kind : int64_t { kZero = 0, kNear = 1, kHoyer = 2, kMass = 3, kTeal = 4 };
+constexpr int kBins = 128;
+
+inline int64_t bin_key(float a) {
+  uint32_t u;
+  std::memcpy(&u, &a, sizeof u);
+  return static_cast<int64_t>(u >> 20);  // 8 exponent + 3 mantissa bits: monotone in a >= 0
+}
+inline int64_t bin_key(double a) {
+  uint64_t u;
+  std::memcpy(&u, &a, sizeof u);
+  return static_cast<int64_t>(u >> 49);  // 11 exponent + 3 mantissa bits
+}
+
+struct Spec {
+  std::vector<int64_t> kinds;   // static metric codes (Kind)
+  std::vector<double> params;   // near: t; mass: 1 - p; teal: e^2 (budget = param * energy)
+  std::vector<int> energy_cols; // columns of mass/teal metrics, sorted by ascending param
+  std::vector<double> delta_t;
+  double fire_t = 0.1;
+};
+
+template <typename T>
+struct Scratch {
+  std::vector<T> a;            // |x| over the row's valid entries
+  std::vector<T> d;            // |x_t - x_{t-1}|
+  std::vector<uint8_t> bin;    // histogram bin per entry
+  std::vector<double> pick;    // squares of one boundary bin
+  std::vector<double> row;     // one row's metric values
+  std::vector<int64_t> counts; // energy counts per budget
+  explicit Scratch(int64_t n, size_t m)
+      : a(n), d(n), bin(n), pick(n), row(m), counts(m) {}
+};
+
+// out[j] = largest k with (sum of the k smallest a_i^2) <= budgets[j]; budgets ascending.
+template <typename T>
+void energy_counts(const T* a, int64_t n, T amax, const double* budgets, int nb, int64_t* out, Scratch<T>& s) {
+  if (amax == T(0)) {  // all zero: every prefix has energy 0 <= budget
+    for (int j = 0; j < nb; ++j) out[j] = n;
+    return;
+  }
+  int64_t cnt[kBins] = {0};
+  double sum[kBins] = {0.0};
+  const int64_t kmax = bin_key(amax);
+  for (int64_t i = 0; i < n; ++i) {
+    const T v = a[i];
+    const int64_t b = std::min<int64_t>(kmax - bin_key(v), kBins - 1);  // bin 0 holds the largest entries
+    s.bin[i] = static_cast<uint8_t>(b);
+    cnt[b] += 1;
+    sum[b] += static_cast<double>(v) * static_cast<double>(v);
+  }
+  double cum = 0.0;
+  int64_t taken = 0;
+  int j = 0;
+  for (int b = kBins - 1; b >= 0 && j < nb; --b) {
+    if (cnt[b] == 0) continue;
+    bool gathered = false;
+    size_t m = 0;
+    while (j < nb && cum + sum[b] > budgets[j]) {  // the budget runs out inside this bin: refine exactly
+      if (!gathered) {
+        for (int64_t i = 0; i < n; ++i)
+          if (s.bin[i] == b) s.pick[m++] = static_cast<double>(a[i]) * static_cast<double>(a[i]);
+        std::sort(s.pick.begin(), s.pick.begin() + m);
+        gathered = true;
+      }
+      double c = cum;
+      int64_t k = taken;
+      for (size_t i = 0; i < m; ++i) {
+        c += s.pick[i];
+        if (!(c <= budgets[j])) break;
+        ++k;
+      }
+      out[j++] = k;
+    }
+    cum += sum[b];
+    taken += cnt[b];
+  }
+  for (; j < nb; ++j) out[j] = taken;
+}
+
+// Metrics of one row of |x| (valid entries only); returns false when the row is not finite.
+template <typename T>
+bool row_metrics(const T* a, int64_t n, const Spec& sp, double* vals, T& rms_out, Scratch<T>& s) {
+  double total = 0.0, l1 = 0.0;
+  int64_t zeros = 0;
+  T amax = T(0);
+#pragma omp simd reduction(+ : total, l1, zeros) reduction(max : amax)
+  for (int64_t i = 0; i < n; ++i) {
+    const double v = a[i];
+    total += v * v;
+    l1 += v;
+    zeros += a[i] == T(0);
+    amax = a[i] > amax ? a[i] : amax;
+  }
+  if (!std::isfinite(l1)) return false;  // a NaN or inf entry (sum of |x| is finite otherwise)
+  const double dn = static_cast<double>(n);
+  const T rms = static_cast<T>(std::sqrt(total / dn));
+  rms_out = rms;
+  const size_t m = sp.kinds.size();
+  for (size_t c = 0; c < m; ++c) {
+    switch (sp.kinds[c]) {
+      case kZero: vals[c] = static_cast<double>(zeros) / dn; break;
+      case kNear: {
+        const T thr = static_cast<T>(static_cast<T>(sp.params[c]) * rms);
+        int64_t k = 0;
+#pragma omp simd reduction(+ : k)
+        for (int64_t i = 0; i < n; ++i) k += a[i] <= thr;
+        vals[c] = static_cast<double>(k) / dn;
+        break;
+      }
+      case kHoyer: {
+        const double sqrt_n = std::sqrt(dn), l2 = std::sqrt(total);
+        const double ratio = l2 > 0 ? l1 / std::max(l2, 1e-30) : 1.0;
+        vals[c] = (sqrt_n - ratio) / std::max(sqrt_n - 1.0, 1e-12);
+        break;
+      }
+      default: break;  // energy metrics below
+    }
+  }
+  const int ne = static_cast<int>(sp.energy_cols.size());
+  if (ne) {
+    double budgets[64];
+    for (int j = 0; j < ne; ++j) budgets[j] = sp.params[sp.energy_cols[j]] * total;
+    energy_counts(a, n, amax, budgets, ne, s.counts.data(), s);
+    for (int j = 0; j < ne; ++j) {
+      const int c = sp.energy_cols[j];
+      const double k = static_cast<double>(s.counts[j]);
+      vals[c] = sp.kinds[c] == kMass ? (dn - k) / dn : k / dn;
+    }
+  }
+  return true;
+}
+
+template <typename S, typename T>
+void run(const at::Tensor& x, const c10::optional<at::Tensor>& mask, const at::Tensor& owner, const Spec& sp,
+         at::Tensor& out, c10::optional<at::Tensor>& fire, c10::optional<at::Tensor>& abs_sum) {
+  const int64_t B = x.size(0), T_ = x.size(1), G = x.size(2), n = x.size(3);
+  const int64_t sb = x.stride(0), st = x.stride(1), sg = x.stride(2);
+  const S* xp = x.data_ptr<S>();
+  const int64_t* own = owner.data_ptr<int64_t>();
+  const bool* mp = mask ? mask->data_ptr<bool>() : nullptr;
+  const int64_t mb = mask ? mask->stride(0) : 0, mt = mask ? mask->stride(1) : 0;
+  const size_t M = sp.kinds.size(), D = sp.delta_t.size(), C = M + D + 3;
+  double* op = out.data_ptr<double>();
+  const bool neurons = fire.has_value();
+  const int nthreads = at::get_num_threads();
+  std::vector<double> fire_part(neurons ? nthreads * n : 0), abs_part(neurons ? nthreads * n : 0);
+
+  at::parallel_for(0, B * T_, 1, [&](int64_t begin, int64_t end) {
+    Scratch<T> s(n, std::max<size_t>(M, 64));
+    const int tid = at::get_thread_num();
+    double* fp = neurons ? fire_part.data() + tid * n : nullptr;
+    double* ap = neurons ? abs_part.data() + tid * n : nullptr;
+    std::vector<double> acc(M);
+    for (int64_t tok = begin; tok < end; ++tok) {
+      const int64_t b = tok / T_, t = tok % T_;
+      double* o = op + tok * C;
+      std::fill(o, o + C, 0.0);
+      if (own[tok] < 0) continue;
+      const bool* mrow = mp ? mp + b * mb + t * mt : nullptr;
+      std::fill(acc.begin(), acc.end(), 0.0);
+      bool ok = true;
+      T rms = T(0);
+      int64_t nv = n;
+      for (int64_t gi = 0; gi < G && ok; ++gi) {
+        const S* row = xp + b * sb + t * st + gi * sg;
+        nv = 0;
+        if (mrow) {
+          for (int64_t i = 0; i < n; ++i)
+            if (mrow[i]) s.a[nv++] = std::abs(static_cast<T>(row[i]));
+        } else {
+#pragma omp simd
+          for (int64_t i = 0; i < n; ++i) s.a[i] = std::abs(static_cast<T>(row[i]));
+          nv = n;
+        }
+        ok = row_metrics<T>(s.a.data(), nv, sp, s.row.data(), rms, s);
+        for (size_t c = 0; c < M && ok; ++c) acc[c] += s.row[c];
+      }
+      if (!ok) {
+        o[M + D + 1] = 1.0;
+        continue;
+      }
+      for (size_t c = 0; c < M; ++c) o[c] = G == 1 ? acc[c] : acc[c] / static_cast<double>(G);
+      o[M + D] = 1.0;
+      if (neurons) {  // G == 1 and no mask (checked in Python): s.a is the whole row
+        const T thr = static_cast<T>(static_cast<T>(sp.fire_t) * rms);
+#pragma omp simd
+        for (int64_t i = 0; i < n; ++i) {
+          fp[i] += s.a[i] > thr ? 1.0 : 0.0;
+          ap[i] += static_cast<double>(s.a[i]);
+        }
+      }
+      if (D && t > 0 && own[tok - 1] >= 0) {  // G == 1 and no mask (checked in Python)
+        const S* cur = xp + b * sb + t * st;
+        const S* prv = cur - st;
+        double prev_l1 = 0.0;
+#pragma omp simd reduction(+ : prev_l1)
+        for (int64_t i = 0; i < n; ++i) {
+          const T p = static_cast<T>(prv[i]);
+          s.d[i] = std::abs(static_cast<T>(cur[i]) - p);
+          prev_l1 += std::abs(static_cast<double>(p));
+        }
+        if (std::isfinite(prev_l1)) {
+          for (size_t k = 0; k < D; ++k) {
+            const T thr = static_cast<T>(static_cast<T>(sp.delta_t[k]) * rms);
+            int64_t cnt = 0;
+#pragma omp simd reduction(+ : cnt)
+            for (int64_t i = 0; i < n; ++i) cnt += s.d[i] <= thr;
+            o[M + k] = static_cast<double>(cnt) / static_cast<double>(n);
+          }
+          o[M + D + 2] = 1.0;
+        }
+      }
+    }
+  });
+  if (neurons) {
+    double* f = fire->data_ptr<double>();
+    double* a = abs_sum->data_ptr<double>();
+    for (int th = 0; th < nthreads; ++th)
+      for (int64_t i = 0; i < n; ++i) {
+        f[i] += fire_part[th * n + i];
+        a[i] += abs_part[th * n + i];
+      }
+  }
+}
+
+at::Tensor site_values(const at::Tensor& x, const c10::optional<at::Tensor>& mask, const at::Tensor& owner,
+                       const std::vector<int64_t>& kinds, const std::vector<double>& params,
+                       const std::vector<double>& delta_t, double fire_t, c10::optional<at::Tensor> fire,
+                       c10::optional<at::Tensor> abs_sum) {
+  TORCH_CHECK(x.dim() == 4 && x.stride(3) == 1, "x must be a [B, T, G, n] view with a contiguous last dim");
+  TORCH_CHECK(x.device().is_cpu(), "the stats kernel runs on CPU tensors only");
+  TORCH_CHECK(owner.dtype() == at::kLong && owner.is_contiguous() && owner.numel() == x.size(0) * x.size(1),
+              "owner must be a contiguous int64 [B, T] tensor");
+  TORCH_CHECK(kinds.size() == params.size() && kinds.size() <= 64, "kinds and params must match (at most 64)");
+  if (mask) TORCH_CHECK(mask->dtype() == at::kBool && mask->dim() == 3 && mask->stride(2) == 1,
+                        "mask must be a bool [B, T, n] view with a contiguous last dim");
+  if (fire) TORCH_CHECK(fire->dtype() == at::kDouble && fire->is_contiguous() && fire->numel() == x.size(3) &&
+                        abs_sum && abs_sum->dtype() == at::kDouble && abs_sum->is_contiguous() &&
+                        abs_sum->numel() == x.size(3), "fire/abs_sum must be contiguous float64 [n]");
+  Spec sp{kinds, params, {}, delta_t, fire_t};
+  for (size_t c = 0; c < kinds.size(); ++c)
+    if (kinds[c] == kMass || kinds[c] == kTeal) sp.energy_cols.push_back(static_cast<int>(c));
+  std::stable_sort(sp.energy_cols.begin(), sp.energy_cols.end(),
+                   [&](int i, int j) { return params[i] < params[j]; });
+  auto out = at::empty({x.size(0), x.size(1), static_cast<int64_t>(kinds.size() + delta_t.size() + 3)},
+                       x.options().dtype(at::kDouble));
+  switch (x.scalar_type()) {
+    case at::kFloat: run<float, float>(x, mask, owner, sp, out, fire, abs_sum); break;
+    case at::kDouble: run<double, double>(x, mask, owner, sp, out, fire, abs_sum); break;
+    case at::kBFloat16: run<at::BFloat16, float>(x, mask, owner, sp, out, fire, abs_sum); break;
+    case at::kHalf: run<at::Half, float>(x, mask, owner, sp, out, fire, abs_sum); break;
+    default: TORCH_CHECK(false, "unsupported dtype ", x.scalar_type());
+  }
+  return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("site_values", &site_values, "per-token sparsity metrics, delta sparsity and neuron counters of one site");
+}
