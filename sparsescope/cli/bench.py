@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from typing import Optional
 
 import typer
 
@@ -16,6 +17,8 @@ def bench(
     model: str = MODEL,
     suite: str = typer.Option("prose", help="Suite whose prompts are recorded."),
     repeats: int = typer.Option(3, help="Repeats per side (medians are reported)."),
+    prompts: Optional[int] = typer.Option(None, help="Record only the first N prompts of the suite (default: all)."),
+    torch_path: bool = typer.Option(False, help="Also time all metrics through the pure-torch path (slow)."),
 ):
     """Side-by-side benchmarks printed as ratios: recording overhead, memory vs tokens, cached vs GGUF load."""
     from sparsescope import bench as b
@@ -24,16 +27,21 @@ def bench(
         raise UserError(f"unknown benchmark {what!r}; choose record, memory, load or all")
     if what in ("record", "all"):
         with console.status("recording overhead: plain forward vs recording, interleaved"):
-            r = b.record_overhead(model, suite, repeats)
-        out.print(f"recording overhead ({r['tokens']} tokens, {r['sites']} sites, medians of {repeats}):")
+            r = b.record_overhead(model, suite, repeats, n_prompts=prompts, torch_path=torch_path)
+        out.print(f"recording overhead ({r['tokens']} tokens, {r['sites']} sites, medians of {repeats}, "
+                  f"stats kernel {'on' if r['kernel'] else 'OFF (torch path)'}, "
+                  f"load average {r['load'][0]:.2f} → {r['load'][1]:.2f}):")
         for name, sec in r["seconds"].items():
             ratio = f"  {r['ratio'][name]:.2f}× plain" if name in r["ratio"] else ""
-            out.print(f"  {name:>16}: {sec:7.2f} s  {r['tokens'] / sec:6.0f} tok/s{ratio}")
+            out.print(f"  {name:>24}: {sec:7.2f} s  {r['tokens'] / sec:6.0f} tok/s{ratio}")
     if what in ("memory", "all"):
-        with console.status("memory: recording 1× vs 10× the tokens in fresh processes"):
+        with console.status("memory: recording 1× vs 10× the tokens per prompt in fresh processes"):
             m = b.memory(model, suite)
-        out.print(f"peak RSS: 1× {m['1x']['peak_rss_mb']:.0f} MB ({m['1x']['tokens']} tok), "
-                  f"10× {m['10x']['peak_rss_mb']:.0f} MB ({m['10x']['tokens']} tok): ratio {m['ratio']:.3f}")
+        out.print(f"recorder memory, 10 prompts, all default metrics: 1× ({m['1x']['tokens']} tok) vs "
+                  f"{m['factor']}× ({m['10x']['tokens']} tok)")
+        for key, label in (("state_mb", "streaming state"), ("python_peak_mb", "python peak (tracemalloc)"),
+                           ("rss_growth_mb", "RSS growth after warm-up")):
+            out.print(f"  {label:>26}: {m['1x'][key]:8.2f} MB vs {m['10x'][key]:8.2f} MB  (×{m['ratio'][key]:.2f})")
     if what in ("load", "all"):
         with console.status("load time: GGUF dequantisation into an empty cache vs cached loads"):
             lt = b.load_time(model)

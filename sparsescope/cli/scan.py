@@ -92,8 +92,11 @@ def scan(
         except BaseException as e:  # Ctrl-C or a failure: keep the finished suites, say how to resume
             run.mark_incomplete(f"interrupted: {type(e).__name__}")
             raise
+    seconds = time.perf_counter() - start
+    run.manifest["throughput"] = {"tokens": total, "seconds": round(seconds, 3),
+                                  "tokens_per_s": round(total / max(seconds, 1e-9), 1)}
     run.finalize()
-    console.print(f"recorded in {time.perf_counter() - start:.1f} s → {run.path}")
+    console.print(f"recorded {total} tokens in {seconds:.1f} s ({total / max(seconds, 1e-9):.0f} tok/s) → {run.path}")
     _report(run, html=report)
 
 

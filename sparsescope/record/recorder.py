@@ -37,6 +37,7 @@ class RecordConfig:
     max_tokens: int = 256
     neurons: bool = True
     logits: bool = True
+    kernels: bool = True  # the fused C++ statistics kernel when it builds; False: its pure-torch twin (same numbers)
 
 
 @dataclass
@@ -88,6 +89,8 @@ class Recorder:
         self.static = [m for m in self.metrics if m.name != "delta_frac"]
         self.delta_t = [m.threshold for m in self.metrics if m.name == "delta_frac"]
         self.spec, self.pattern_spec = stats_spec(self.metrics), stats_spec(self.metrics, delta=False)
+        self._kernel = None if self.config.kernels else False  # None: the kernel where it is available
+        self.state_bytes = 0  # bytes of the last suite's streaming sums (prompts × sites, never tokens)
         self.targets = self._targets()
         self.max_len = min(self.config.max_tokens, lm.context)
 
@@ -173,6 +176,7 @@ class Recorder:
             for h in handles:
                 h.remove()
             batch.clear()
+        self.state_bytes = sum(t.nbytes for st in stats.values() for t in (st.acc, st.fire, st.abs_sum) if t is not None)
         return self._tables(suite, run_id, stats, logit_sums, logit_counts)
 
     def _observer(self, key: tuple[int, str], st: _SiteStats, extract, batch: dict):
@@ -193,7 +197,8 @@ class Recorder:
             x = t.reshape(valid.shape[0], valid.shape[1], -1)  # also [B·T, d] (OPT flattens inside its MLP)
             owner, index = _on_device(batch, x.device)
             fire, abs_sum = st.neuron_buffers(x.shape[-1], x.device) if self.config.neurons else (None, None)
-            st.add(site_values(x[:, :, None], owner, self.spec, fire=fire, abs_sum=abs_sum), index)
+            st.add(site_values(x[:, :, None], owner, self.spec, fire=fire, abs_sum=abs_sum, use_kernel=self._kernel),
+                   index)
 
         return observe
 
@@ -209,7 +214,7 @@ class Recorder:
         owner = torch.where(queries, rows[:, None], -1)
         index = torch.where(queries, owner, st.n_prompts).flatten()
         keys, owner, index = (v.to(p.device) for v in (keys, owner, index))
-        st.add(site_values(p.permute(0, 2, 1, 3), owner, self.pattern_spec, mask=keys), index)
+        st.add(site_values(p.permute(0, 2, 1, 3), owner, self.pattern_spec, mask=keys, use_kernel=self._kernel), index)
 
     @staticmethod
     def _logit_stats(logits, input_ids, valid, rows, sums, counts) -> None:

@@ -18,6 +18,9 @@
 
 #include <algorithm>
 #include <cmath>
+#if defined(__AVX512F__) && defined(__AVX512VL__)
+#include <immintrin.h>
+#endif
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -25,18 +28,6 @@
 namespace {
 
 enum Kind : int64_t { kZero = 0, kNear = 1, kHoyer = 2, kMass = 3, kTeal = 4 };
-constexpr int kBins = 128;
-
-inline int64_t bin_key(float a) {
-  uint32_t u;
-  std::memcpy(&u, &a, sizeof u);
-  return static_cast<int64_t>(u >> 20);  // 8 exponent + 3 mantissa bits: monotone in a >= 0
-}
-inline int64_t bin_key(double a) {
-  uint64_t u;
-  std::memcpy(&u, &a, sizeof u);
-  return static_cast<int64_t>(u >> 49);  // 11 exponent + 3 mantissa bits
-}
 
 struct Spec {
   std::vector<int64_t> kinds;   // static metric codes (Kind)
@@ -46,62 +37,153 @@ struct Spec {
   double fire_t = 0.1;
 };
 
+// The squares of the entries with lo < a <= hi, in row order; returns how many.
+template <typename T>
+inline size_t gather(const T* a, const double* sq, int64_t n, T lo, T hi, double* out) {
+  size_t m = 0;
+  int64_t i = 0;
+#if defined(__AVX512F__) && defined(__AVX512VL__)
+  for (; i + 8 <= n; i += 8) {  // compare 8 entries, compress-store the squares of those inside
+    __mmask8 k;
+    if constexpr (sizeof(T) == 4) {
+      const __m256 v = _mm256_loadu_ps(reinterpret_cast<const float*>(a) + i);
+      k = _mm256_cmp_ps_mask(v, _mm256_set1_ps(lo), _CMP_GT_OQ) & _mm256_cmp_ps_mask(v, _mm256_set1_ps(hi), _CMP_LE_OQ);
+    } else {
+      const __m512d v = _mm512_loadu_pd(reinterpret_cast<const double*>(a) + i);
+      k = _mm512_cmp_pd_mask(v, _mm512_set1_pd(lo), _CMP_GT_OQ) & _mm512_cmp_pd_mask(v, _mm512_set1_pd(hi), _CMP_LE_OQ);
+    }
+    _mm512_storeu_pd(out + m, _mm512_maskz_compress_pd(k, _mm512_loadu_pd(sq + i)));  // out has 8 spare slots
+    m += __builtin_popcount(k);
+  }
+#endif
+  for (; i < n; ++i) {  // branch-free
+    out[m] = sq[i];
+    m += a[i] > lo && a[i] <= hi;
+  }
+  return m;
+}
+
+template <typename T>
+struct Probe {
+  T v;
+  int64_t count;
+  double energy;
+};
+
 template <typename T>
 struct Scratch {
   std::vector<T> a;            // |x| over the row's valid entries
   std::vector<T> d;            // |x_t - x_{t-1}|
-  std::vector<uint8_t> bin;    // histogram bin per entry
-  std::vector<double> pick;    // squares of one boundary bin
+  std::vector<double> sq;      // a^2 in float64
+  std::vector<double> pick;    // squares inside the final bracket
+  std::vector<Probe<T>> probes;
+  std::vector<double> ratio;   // per budget: the previous row's boundary value / RMS
   std::vector<double> row;     // one row's metric values
   std::vector<int64_t> counts; // energy counts per budget
   explicit Scratch(int64_t n, size_t m)
-      : a(n), d(n), bin(n), pick(n), row(m), counts(m) {}
+      : a(n), d(n), sq(n), pick(n + 8), row(m), counts(m), ratio(m, 0.0) {}
 };
 
-// out[j] = largest k with (sum of the k smallest a_i^2) <= budgets[j]; budgets ascending.
+// Count and energy (sum of squares) of the entries <= v: one vectorised pass over an L1-resident row.
 template <typename T>
-void energy_counts(const T* a, int64_t n, T amax, const double* budgets, int nb, int64_t* out, Scratch<T>& s) {
-  if (amax == T(0)) {  // all zero: every prefix has energy 0 <= budget
-    for (int j = 0; j < nb; ++j) out[j] = n;
-    return;
-  }
-  int64_t cnt[kBins] = {0};
-  double sum[kBins] = {0.0};
-  const int64_t kmax = bin_key(amax);
-  for (int64_t i = 0; i < n; ++i) {
-    const T v = a[i];
-    const int64_t b = std::min<int64_t>(kmax - bin_key(v), kBins - 1);  // bin 0 holds the largest entries
-    s.bin[i] = static_cast<uint8_t>(b);
-    cnt[b] += 1;
-    sum[b] += static_cast<double>(v) * static_cast<double>(v);
-  }
-  double cum = 0.0;
-  int64_t taken = 0;
-  int j = 0;
-  for (int b = kBins - 1; b >= 0 && j < nb; --b) {
-    if (cnt[b] == 0) continue;
-    bool gathered = false;
-    size_t m = 0;
-    while (j < nb && cum + sum[b] > budgets[j]) {  // the budget runs out inside this bin: refine exactly
-      if (!gathered) {
-        for (int64_t i = 0; i < n; ++i)
-          if (s.bin[i] == b) s.pick[m++] = static_cast<double>(a[i]) * static_cast<double>(a[i]);
-        std::sort(s.pick.begin(), s.pick.begin() + m);
-        gathered = true;
-      }
-      double c = cum;
-      int64_t k = taken;
-      for (size_t i = 0; i < m; ++i) {
-        c += s.pick[i];
-        if (!(c <= budgets[j])) break;
-        ++k;
-      }
-      out[j++] = k;
+inline void below(const T* a, const double* sq, int64_t n, T v, int64_t& count, double& energy) {
+  int64_t k = 0, i = 0;
+  double e = 0.0;
+#if defined(__AVX512F__) && defined(__AVX512VL__)
+  __m512d e0 = _mm512_setzero_pd(), e1 = _mm512_setzero_pd();
+  for (; i + 16 <= n; i += 16) {  // 16 entries: two compare masks, masked adds of their float64 squares
+    __mmask8 k0, k1;
+    if constexpr (sizeof(T) == 4) {
+      const __m256 lim = _mm256_set1_ps(v);
+      k0 = _mm256_cmp_ps_mask(_mm256_loadu_ps(reinterpret_cast<const float*>(a) + i), lim, _CMP_LE_OQ);
+      k1 = _mm256_cmp_ps_mask(_mm256_loadu_ps(reinterpret_cast<const float*>(a) + i + 8), lim, _CMP_LE_OQ);
+    } else {
+      const __m512d lim = _mm512_set1_pd(v);
+      k0 = _mm512_cmp_pd_mask(_mm512_loadu_pd(reinterpret_cast<const double*>(a) + i), lim, _CMP_LE_OQ);
+      k1 = _mm512_cmp_pd_mask(_mm512_loadu_pd(reinterpret_cast<const double*>(a) + i + 8), lim, _CMP_LE_OQ);
     }
-    cum += sum[b];
-    taken += cnt[b];
+    e0 = _mm512_mask_add_pd(e0, k0, e0, _mm512_loadu_pd(sq + i));
+    e1 = _mm512_mask_add_pd(e1, k1, e1, _mm512_loadu_pd(sq + i + 8));
+    k += __builtin_popcount(k0) + __builtin_popcount(k1);
   }
-  for (; j < nb; ++j) out[j] = taken;
+  e = _mm512_reduce_add_pd(_mm512_add_pd(e0, e1));
+#endif
+  for (; i < n; ++i) {
+    const bool in = a[i] <= v;
+    k += in;
+    e += in ? sq[i] : 0.0;
+  }
+  count = k;
+  energy = e;
+}
+
+// out[j] = largest k with (sum of the k smallest a_i^2) <= budgets[j]. Brackets the boundary value between probes
+// (count and energy of the entries <= v), starting from the previous row's boundary as a multiple of RMS (rows of
+// one site look alike), then interpolating on the energy curve alternately with bisection; once at most max(48, n/32)
+// entries lie inside the bracket they are sorted and added one by one, so ties count exactly as with a full sort.
+template <typename T>
+void energy_counts(const T* a, const double* sq, int64_t n, T amax, double total, T rms, const double* budgets,
+                   int nb, int64_t* out, Scratch<T>& s) {
+  const int64_t refine = std::max<int64_t>(48, n / 32);  // sort at most this many entries
+  std::vector<Probe<T>>& probes = s.probes;
+  probes.clear();
+  probes.push_back({T(-1), 0, 0.0});  // below every entry
+  probes.push_back({amax, n, total});
+  for (int j = 0; j < nb; ++j) {
+    const double budget = budgets[j];
+    if (total <= budget) {  // everything fits (all-zero rows included)
+      out[j] = n;
+      continue;
+    }
+    auto bracket = [&](Probe<T>& lo, Probe<T>& hi) {
+      lo = probes[0];
+      hi = probes[1];
+      for (const auto& p : probes) {
+        if (p.energy <= budget && p.v > lo.v) lo = p;
+        if (p.energy > budget && p.v < hi.v) hi = p;
+      }
+    };
+    auto probe = [&](T v) {
+      Probe<T> p{v, 0, 0.0};
+      below(a, sq, n, v, p.count, p.energy);
+      probes.push_back(p);
+    };
+    Probe<T> lo, hi;
+    bracket(lo, hi);
+    const T guess = static_cast<T>(s.ratio[j] * rms);
+    const bool guessed = s.ratio[j] > 0;
+    for (int step = 0; hi.count - lo.count > refine && step < 64; ++step) {
+      const T bisect = lo.v < T(0) ? hi.v / T(2) : lo.v + (hi.v - lo.v) / T(2);
+      T v = bisect;
+      if (step == 0 && guessed) {
+        v = static_cast<T>(guess * T(0.97));
+      } else if (step == 1 && guessed) {  // the other side of the guess
+        v = static_cast<T>(guess * (probes.back().energy <= budget ? T(1.03) : T(0.91)));
+      } else if (step % 2 == 0) {  // interpolate the energy curve between the bracket ends
+        const T base = std::max(lo.v, T(0));
+        const double frac = (budget - lo.energy) / (hi.energy - lo.energy);
+        v = static_cast<T>(base + (hi.v - base) * static_cast<T>(frac));
+      }
+      if (!(v > lo.v && v < hi.v)) v = bisect;
+      if (!(v > lo.v && v < hi.v)) break;  // no representable value in between: the rest are ties
+      probe(v);
+      bracket(lo, hi);
+    }
+    const size_t m = gather(a, sq, n, lo.v, hi.v, s.pick.data());
+    std::sort(s.pick.begin(), s.pick.begin() + m);
+    double c = lo.energy;
+    int64_t k = lo.count;
+    for (size_t i = 0; i < m; ++i) {
+      c += s.pick[i];
+      if (!(c <= budget)) break;
+      ++k;
+    }
+    out[j] = k;
+    if (rms > T(0)) {  // remember where the boundary was, relative to RMS, for the next row
+      const double edge = m && k > lo.count ? std::sqrt(s.pick[k - lo.count - 1]) : static_cast<double>(lo.v);
+      s.ratio[j] = edge > 0 ? edge / static_cast<double>(rms) : 0.0;
+    }
+  }
 }
 
 // Metrics of one row of |x| (valid entries only); returns false when the row is not finite.
@@ -110,9 +192,11 @@ bool row_metrics(const T* a, int64_t n, const Spec& sp, double* vals, T& rms_out
   double total = 0.0, l1 = 0.0;
   int64_t zeros = 0;
   T amax = T(0);
+  double* __restrict sq = s.sq.data();
 #pragma omp simd reduction(+ : total, l1, zeros) reduction(max : amax)
   for (int64_t i = 0; i < n; ++i) {
     const double v = a[i];
+    sq[i] = v * v;
     total += v * v;
     l1 += v;
     zeros += a[i] == T(0);
@@ -147,7 +231,7 @@ bool row_metrics(const T* a, int64_t n, const Spec& sp, double* vals, T& rms_out
   if (ne) {
     double budgets[64];
     for (int j = 0; j < ne; ++j) budgets[j] = sp.params[sp.energy_cols[j]] * total;
-    energy_counts(a, n, amax, budgets, ne, s.counts.data(), s);
+    energy_counts(a, sq, n, amax, total, rms, budgets, ne, s.counts.data(), s);
     for (int j = 0; j < ne; ++j) {
       const int c = sp.energy_cols[j];
       const double k = static_cast<double>(s.counts[j]);
