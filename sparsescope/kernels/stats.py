@@ -32,7 +32,7 @@ class StatsSpec:
     """What to compute per token: static metric codes with their parameter, delta thresholds, firing threshold."""
 
     kinds: tuple[int, ...] = ()  # ZERO | NEAR | HOYER | MASS | TEAL, one per static column
-    params: tuple[float, ...] = ()  # NEAR: t (× RMS); MASS: 1 − p; TEAL: e² (energy budget = param · ‖x‖²)
+    params: tuple[float, ...] = ()  # NEAR: t (× RMS); MASS: p (kept energy ≥ p‖x‖²); TEAL: e² (dropped ≤ e²‖x‖²)
     delta_t: tuple[float, ...] = ()  # delta thresholds t: |x_t − x_{t−1}| ≤ t · RMS(x_t)
     fire_t: float = 0.1  # a neuron fires when |x_i| > fire_t · RMS(x)
 
@@ -103,7 +103,8 @@ def torch_values(x: torch.Tensor, owner: torch.Tensor, spec: StatsSpec, mask: to
             ratio = torch.where(l2 > 0, l1 / l2.clamp_min(1e-30), torch.ones_like(l2))
             cols.append((sqrt_n - ratio) / (sqrt_n - 1).clamp_min(1e-12))
         else:
-            fits = (c <= p * total[..., None]).sum(-1).to(f64)
+            budget = p * total[..., None]
+            fits = ((total[..., None] - c >= budget) if kind == MASS else (c <= budget)).sum(-1).to(f64)
             cols.append((count - fits) / count if kind == MASS else fits / count)
     counted = owner >= 0
     ok_tok = finite.all(-1) & counted

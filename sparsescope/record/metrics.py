@@ -85,7 +85,7 @@ def stats_spec(metrics: list[Metric], delta: bool = True) -> StatsSpec:
     """The fused kernel's description of ``metrics``: static metric codes with their parameters, delta thresholds."""
     codes = {"zero_frac": ZERO, "near_zero_frac": NEAR, "hoyer": HOYER, "mass_density": MASS, "teal_sparsity": TEAL}
     static = [m for m in metrics if m.name != "delta_frac"]
-    params = {"near_zero_frac": lambda t: t, "mass_density": lambda t: 1 - t, "teal_sparsity": lambda t: t**2}
+    params = {"near_zero_frac": lambda t: t, "mass_density": lambda t: t, "teal_sparsity": lambda t: t**2}
     return StatsSpec(kinds=tuple(codes[m.name] for m in static),
                      params=tuple(params[m.name](m.threshold) if m.name in params else 0.0 for m in static),
                      delta_t=tuple(m.threshold for m in metrics if m.name == "delta_frac") if delta else (),
@@ -97,8 +97,8 @@ def token_metrics(x: torch.Tensor, metrics: list[Metric], mask: torch.Tensor | N
     """Values ``[N, M]`` (float64) of every non-temporal metric for each row of ``x`` ``[N, n]``.
 
     ``mask`` ``[N, n]`` marks the valid entries of ragged rows. mass_density@p is the share of the largest entries
-    needed to keep ≥ p of the energy ‖x‖² (dropping the smallest m entries is allowed while their energy is
-    ≤ (1 − p)‖x‖²); teal_sparsity@e the share of the smallest entries that can be zeroed with ‖x − x̂‖ ≤ e‖x‖.
+    needed to keep ≥ p of the energy ‖x‖² (the smallest entries are dropped while the kept energy stays
+    ≥ p‖x‖²); teal_sparsity@e the share of the smallest entries that can be zeroed with ‖x − x̂‖ ≤ e‖x‖.
     Conventions for an all-zero row: hoyer 1, mass_density 0, teal_sparsity 1 (nothing carries signal, everything
     can be dropped). Rows with a NaN or inf entry give NaN. Computed by :mod:`sparsescope.kernels.stats` (the fused
     C++ kernel, or its torch twin with ``use_kernel=False``).

@@ -7,12 +7,11 @@
 // (temporal) values against token t-1 of the same prompt, then flags ok (finite), bad (NaN/inf) and delta-ok.
 // Optional per-neuron accumulators (fire counts, sum |x|) are updated in place.
 //
-// The energy metrics (mass_density, teal_sparsity) need "how many of the smallest squares fit under a budget".
-// Instead of sorting the row, one pass builds a log-scale histogram of |x| relative to the row maximum (8 bins per
-// octave, 16 octaves, everything smaller lumped into the last bin) with a count and an energy sum per bin; a walk
-// over the bins finds each budget's boundary bin, and only that bin's entries are sorted and added one by one.
-// Squares of float32/bfloat16 values are exact in float64, so the counts equal those of a full sort + cumsum except
-// when a partial energy sum lies within float64 rounding of the budget.
+// The energy metrics (mass_density, teal_sparsity) need "how many of the smallest squares fit an energy budget".
+// Instead of sorting the row, vectorised probes count the entries <= v and sum their squares; a few probes (the first
+// at the previous row's boundary, as a multiple of RMS) bracket the boundary, and only the few entries inside the
+// bracket are sorted and added one by one. Squares of float32/bfloat16 values are exact in float64, so the counts
+// equal those of a full sort + cumsum except when a partial energy sum lies within float64 rounding of the budget.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -31,8 +30,8 @@ enum Kind : int64_t { kZero = 0, kNear = 1, kHoyer = 2, kMass = 3, kTeal = 4 };
 
 struct Spec {
   std::vector<int64_t> kinds;   // static metric codes (Kind)
-  std::vector<double> params;   // near: t; mass: 1 - p; teal: e^2 (budget = param * energy)
-  std::vector<int> energy_cols; // columns of mass/teal metrics, sorted by ascending param
+  std::vector<double> params;   // near: t; mass: p; teal: e^2
+  std::vector<int> energy_cols; // columns of mass/teal metrics, by ascending budget (mass: 1 - p, teal: e^2)
   std::vector<double> delta_t;
   double fire_t = 0.1;
 };
@@ -117,12 +116,21 @@ inline void below(const T* a, const double* sq, int64_t n, T v, int64_t& count, 
   energy = e;
 }
 
-// out[j] = largest k with (sum of the k smallest a_i^2) <= budgets[j]. Brackets the boundary value between probes
+// An energy budget: dropped energy S fits when S <= limit (teal), or when the kept energy total - S >= limit (mass:
+// limit = p * total, written as the reference states it so exact ties at the boundary are decided the same way).
+struct Budget {
+  double limit;
+  bool keep;
+  double approx;  // the same budget as a dropped-energy bound, for ordering and interpolation
+  bool fits(double dropped, double total) const { return keep ? total - dropped >= limit : dropped <= limit; }
+};
+
+// out[j] = largest k such that the k smallest a_i^2 fit budgets[j] (ascending). Brackets the boundary value between probes
 // (count and energy of the entries <= v), starting from the previous row's boundary as a multiple of RMS (rows of
 // one site look alike), then interpolating on the energy curve alternately with bisection; once at most max(48, n/32)
 // entries lie inside the bracket they are sorted and added one by one, so ties count exactly as with a full sort.
 template <typename T>
-void energy_counts(const T* a, const double* sq, int64_t n, T amax, double total, T rms, const double* budgets,
+void energy_counts(const T* a, const double* sq, int64_t n, T amax, double total, T rms, const Budget* budgets,
                    int nb, int64_t* out, Scratch<T>& s) {
   const int64_t refine = std::max<int64_t>(48, n / 32);  // sort at most this many entries
   std::vector<Probe<T>>& probes = s.probes;
@@ -130,8 +138,8 @@ void energy_counts(const T* a, const double* sq, int64_t n, T amax, double total
   probes.push_back({T(-1), 0, 0.0});  // below every entry
   probes.push_back({amax, n, total});
   for (int j = 0; j < nb; ++j) {
-    const double budget = budgets[j];
-    if (total <= budget) {  // everything fits (all-zero rows included)
+    const Budget& budget = budgets[j];
+    if (budget.fits(total, total)) {  // everything fits (all-zero rows included)
       out[j] = n;
       continue;
     }
@@ -139,8 +147,9 @@ void energy_counts(const T* a, const double* sq, int64_t n, T amax, double total
       lo = probes[0];
       hi = probes[1];
       for (const auto& p : probes) {
-        if (p.energy <= budget && p.v > lo.v) lo = p;
-        if (p.energy > budget && p.v < hi.v) hi = p;
+        const bool fits = budget.fits(p.energy, total);
+        if (fits && p.v > lo.v) lo = p;
+        if (!fits && p.v < hi.v) hi = p;
       }
     };
     auto probe = [&](T v) {
@@ -158,10 +167,10 @@ void energy_counts(const T* a, const double* sq, int64_t n, T amax, double total
       if (step == 0 && guessed) {
         v = static_cast<T>(guess * T(0.97));
       } else if (step == 1 && guessed) {  // the other side of the guess
-        v = static_cast<T>(guess * (probes.back().energy <= budget ? T(1.03) : T(0.91)));
+        v = static_cast<T>(guess * (budget.fits(probes.back().energy, total) ? T(1.03) : T(0.91)));
       } else if (step % 2 == 0) {  // interpolate the energy curve between the bracket ends
         const T base = std::max(lo.v, T(0));
-        const double frac = (budget - lo.energy) / (hi.energy - lo.energy);
+        const double frac = (budget.approx - lo.energy) / (hi.energy - lo.energy);
         v = static_cast<T>(base + (hi.v - base) * static_cast<T>(frac));
       }
       if (!(v > lo.v && v < hi.v)) v = bisect;
@@ -175,7 +184,7 @@ void energy_counts(const T* a, const double* sq, int64_t n, T amax, double total
     int64_t k = lo.count;
     for (size_t i = 0; i < m; ++i) {
       c += s.pick[i];
-      if (!(c <= budget)) break;
+      if (!budget.fits(c, total)) break;
       ++k;
     }
     out[j] = k;
@@ -229,8 +238,12 @@ bool row_metrics(const T* a, int64_t n, const Spec& sp, double* vals, T& rms_out
   }
   const int ne = static_cast<int>(sp.energy_cols.size());
   if (ne) {
-    double budgets[64];
-    for (int j = 0; j < ne; ++j) budgets[j] = sp.params[sp.energy_cols[j]] * total;
+    Budget budgets[64];
+    for (int j = 0; j < ne; ++j) {
+      const int c = sp.energy_cols[j];
+      const double p = sp.params[c];
+      budgets[j] = sp.kinds[c] == kMass ? Budget{p * total, true, (1.0 - p) * total} : Budget{p * total, false, p * total};
+    }
     energy_counts(a, sq, n, amax, total, rms, budgets, ne, s.counts.data(), s);
     for (int j = 0; j < ne; ++j) {
       const int c = sp.energy_cols[j];
@@ -351,8 +364,8 @@ at::Tensor site_values(const at::Tensor& x, const c10::optional<at::Tensor>& mas
   Spec sp{kinds, params, {}, delta_t, fire_t};
   for (size_t c = 0; c < kinds.size(); ++c)
     if (kinds[c] == kMass || kinds[c] == kTeal) sp.energy_cols.push_back(static_cast<int>(c));
-  std::stable_sort(sp.energy_cols.begin(), sp.energy_cols.end(),
-                   [&](int i, int j) { return params[i] < params[j]; });
+  auto share = [&](int c) { return kinds[c] == kMass ? 1.0 - params[c] : params[c]; };  // of the energy
+  std::stable_sort(sp.energy_cols.begin(), sp.energy_cols.end(), [&](int i, int j) { return share(i) < share(j); });
   auto out = at::empty({x.size(0), x.size(1), static_cast<int64_t>(kinds.size() + delta_t.size() + 3)},
                        x.options().dtype(at::kDouble));
   switch (x.scalar_type()) {
