@@ -13,6 +13,7 @@ import torch
 
 from sparsescope.errors import UserError
 from sparsescope.models.loading import LoadedModel
+from sparsescope.models.tokens import token_chunks
 
 
 class Evaluator:
@@ -25,14 +26,9 @@ class Evaluator:
                  batch_size: int = 4):
         if not lm.causal:
             raise UserError(f"{lm.name} is not a causal LM; perplexity and KL need next-token predictions")
-        text = texts if isinstance(texts, str) else "\n\n".join(texts)
-        ids = lm.tokenizer(text)["input_ids"][:max_tokens]
-        seq_len = min(seq_len, lm.context)
-        if len(ids) < 2 * seq_len and len(ids) < 32:
+        self.chunks = token_chunks(lm, texts, seq_len, max_tokens)
+        if len(self.chunks) < 2 and self.chunks.numel() < 32:  # one short chunk: too few tokens to evaluate
             raise UserError("evaluation text is too short (under 32 tokens); pass a longer held-out text")
-        n = max(1, len(ids) // seq_len)
-        self.chunks = torch.tensor(ids[: n * seq_len]).view(n, seq_len) if len(ids) >= seq_len \
-            else torch.tensor(ids)[None]
         self.lm, self.batch_size = lm, batch_size
         self._dense: list[torch.Tensor] | None = None
         self.dense_ppl = math.nan

@@ -2,7 +2,8 @@
 
 Spiking conversion, TEAL thresholding, fake quantization, pruning and N:M masks are all the same act: wrap some
 linears (chosen by layer and weight site) so that their input and/or weight is transformed, and later put the
-originals back bit-exactly. Each lever contributes only its transform; the energy model reads the same plan.
+originals back bit-exactly. Each lever contributes only its transform (registered by name in ``LEVERS``); the cost
+model reads the same levers.
 """
 
 from __future__ import annotations
@@ -55,16 +56,10 @@ class Lever:
         return type(self).transform_weight is not Lever.transform_weight
 
 
+# The registry: name → factory. Lever modules fill it when imported (`@register_lever`); this module imports none of
+# them. `import sparsescope` imports the built-in ones (sparsescope.levers, sparsescope.spiking), so any plan can
+# name them.
 LEVERS: dict[str, Callable[..., Lever]] = {}
-BUNDLED_LEVERS = ("sparsescope.spiking.convert", "sparsescope.weights.levers")  # register on import
-
-
-def _load_bundled_levers() -> None:
-    """Import the bundled lever modules so a plan can name their levers without the caller importing them."""
-    import importlib
-
-    for module in BUNDLED_LEVERS:
-        importlib.import_module(module)
 
 
 def register_lever(name: str):
@@ -165,7 +160,6 @@ def _resolve(lm: LoadedModel, plan: Plan) -> dict[tuple[int, str], list[Rule]]:
         module_path = sites.arch.linears[wsite]
         canonical[(layer, module_path)] = wsite
     chosen: dict[tuple[int, str], list[Rule]] = {}
-    _load_bundled_levers()
     for rule in plan.rules:
         if rule.lever not in LEVERS:
             raise InterventionError(f"unknown lever {rule.lever!r}; available: {', '.join(sorted(LEVERS))}")

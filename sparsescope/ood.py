@@ -10,8 +10,6 @@ import warnings
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score, roc_curve
@@ -21,6 +19,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from sparsescope.errors import UserError
+from sparsescope.record.metrics import Metric
 from sparsescope.stats import auroc_ci, check_prompts, prompt_matrix
 
 PROMPT_KEY = ["suite", "split", "prompt_id"]
@@ -29,7 +28,7 @@ LOGITS = "logits"  # site of the per-prompt rows layer = -1, metric nll / max_pr
 
 def feature_name(layer: int, site: str, metric: str, threshold: float) -> str:
     """Profile column name, e.g. `L3.mlp.hook_post.near_zero_frac@0.1` (no `@` part without a threshold)."""
-    return f"L{layer}.{site}.{metric}" + ("" if pd.isna(threshold) else f"@{threshold:g}")
+    return f"L{layer}.{site}.{Metric(metric, float(threshold)).label}"
 
 
 def _select(rows: pd.DataFrame, column: str, wanted, default) -> pd.DataFrame:
@@ -194,20 +193,3 @@ def leave_family_out(
     return pd.DataFrame(out, columns=["family", "method", "auroc", "lo", "hi", "n_id", "n_ood", "fpr", "tpr"])
 
 
-def roc_figure(results: pd.DataFrame) -> go.Figure:
-    """ROC curves of `leave_family_out` results: one panel per held-out family, AUROC [CI] in the legend."""
-    families = list(dict.fromkeys(results["family"]))
-    titles = [f"held out: {f}" for f in families]
-    fig = make_subplots(rows=1, cols=len(families), subplot_titles=titles, shared_yaxes=True)
-    colors = dict(zip(dict.fromkeys(results["method"]), ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e")))
-    for r in results.itertuples(index=False):
-        col = families.index(r.family) + 1
-        name = f"{r.family} · {r.method} {r.auroc:.2f} [{r.lo:.2f}, {r.hi:.2f}]"
-        line = {"color": colors.get(r.method)}
-        fig.add_trace(go.Scatter(x=r.fpr, y=r.tpr, name=name, mode="lines", line=line), 1, col)
-        if r.method == results["method"].iloc[0]:
-            chance = {"dash": "dot", "color": "gray"}
-            fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=chance, showlegend=False), 1, col)
-        fig.update_xaxes(title_text="false positive rate", row=1, col=col)
-    fig.update_yaxes(title_text="true positive rate", row=1, col=1)
-    return fig

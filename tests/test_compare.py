@@ -18,7 +18,8 @@ from sparsescope.harvest.compare import (
 )
 from sparsescope.intervene import LinearContext
 from sparsescope.store import RunStore
-from sparsescope.weights.levers import ActQuantLever, QuantLever, TealLever
+from sparsescope.levers.quant import ActQuantLever, QuantLever
+from sparsescope.levers.teal import TealLever
 from tiny import tiny_model
 
 TEXT = "old sailors tell long stories about cold seas, white whales and distant islands. " * 12

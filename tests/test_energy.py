@@ -6,8 +6,8 @@ import torch
 
 from sparsescope.errors import UserError
 from sparsescope.spiking import coding
-from sparsescope.spiking.energy import (
-    METHODS,
+from sparsescope.cost import (
+    COST_METHODS,
     EnergyConstants,
     LinearCost,
     bytes_moved,
@@ -78,7 +78,7 @@ def test_sops_from_spike_stats_match_exact_count(code):
         "l", 32, 24, tokens=16, input_density=1 - st["zero_frac"], firing_rate=st["firing_rate"],
         steps=st["steps"], coding=code,
     )
-    assert sops(c) == pytest.approx(coding.sops(s, 24, code), rel=1e-12)
+    assert sops(c) == pytest.approx(int(coding.spike_counts(s, code).sum()) * 24, rel=1e-12)  # spikes × fan-out
 
 
 def test_memory_flips_spiking_vs_fp16_dense():
@@ -121,12 +121,12 @@ def test_cost_table_and_totals():
         "name", "method", "constants", "macs", "sops", "weight_bytes", "act_bytes", "bytes",
         "energy_compute_uJ", "energy_memory_uJ", "energy_total_uJ",
     ]
-    assert len(table) == 3 * len(METHODS)
+    assert len(table) == 3 * len(COST_METHODS)
     layers, totals = table[table.name != "total"], table[table.name == "total"].set_index("method")
     for col in ("macs", "sops", "bytes", "energy_total_uJ"):
         pd.testing.assert_series_equal(layers.groupby("method")[col].sum(), totals[col].sort_index(), check_names=False)
     for c in costs:
-        for method in METHODS:
+        for method in COST_METHODS:
             row = table[(table.name == c.name) & (table.method == method)].iloc[0]
             e = energy(c, method, FP32)
             assert row.energy_total_uJ == pytest.approx(e["total_pJ"] / 1e6)

@@ -10,7 +10,7 @@ from sparsescope.errors import UserError
 from sparsescope.intervene import Plan, Rule, apply
 from sparsescope.models.sites import linear_weight
 from sparsescope.record.calibration import calibrate
-from sparsescope.weights import global_magnitude_plan
+from sparsescope.levers.prune import global_magnitude_plan
 from sparsescope.weights.sensitivity import essential_sparsity
 from tiny import tiny_model
 

@@ -9,6 +9,7 @@ from sklearn.utils.estimator_checks import check_estimator
 
 from sparsescope import ood
 from sparsescope.errors import UserError
+from sparsescope.show.report import roc_figure
 
 FAMILIES = ("b64", "noise", "german")
 
@@ -149,7 +150,7 @@ def test_leave_family_out_scores_detector_and_baselines_side_by_side():
     assert (baseline.lo < 0.5).all() and (baseline.hi > 0.5).all()  # planted no signal in nll / max_prob
     r = results.iloc[1]
     assert r.fpr[0] == 0 and r.fpr[-1] == 1 and r.tpr[-1] == 1 and np.trapezoid(r.tpr, r.fpr) == pytest.approx(r.auroc)
-    fig = ood.roc_figure(results)
+    fig = roc_figure(results)
     assert len(fig.data) == 9 + 3  # 3 families × 3 methods + a chance line per panel
     assert "sparsity-profile" in fig.data[0].name and f"{detector.auroc.iloc[0]:.2f}" in fig.data[0].name
 

@@ -6,7 +6,9 @@ import pytest
 from rich.console import Console
 
 from sparsescope.errors import UserError
-from sparsescope.report import figures, print_summary, summary_table, write_html
+from sparsescope.harvest.summary import summary_table
+from sparsescope.show.report import figures, write_html
+from sparsescope.show.terminal import print_summary
 from sparsescope.store import RunStore
 
 LAYERS = 4

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from _tables import prompts_table
 from sparsescope.cli import app
-from sparsescope.report import effect_summary, layer_groups, statistics, trend_summary
+from sparsescope.harvest.summary import effect_summary, layer_groups, statistics, trend_summary
 from sparsescope.stats import holm
 from test_cli import one_line_error
 

@@ -9,23 +9,12 @@ import torch
 from scipy.stats import norm
 
 from sparsescope.errors import UserError
-from sparsescope.weights import (
-    bytes_per_param,
-    calibrate_threshold,
-    global_magnitude_masks,
-    magnitude_mask,
-    nm_mask,
-    nm_readiness,
-    quantize_activation,
-    quantize_weight,
-    random_mask,
-    ternary,
-    threshold_input,
-    wanda_mask,
-    wanda_score,
-    weight_stats,
-    weight_table,
+from sparsescope.levers.prune import (
+    global_magnitude_masks, magnitude_mask, nm_mask, random_mask, wanda_mask, wanda_score,
 )
+from sparsescope.levers.quant import bytes_per_param, quantize_activation, quantize_weight, ternary
+from sparsescope.levers.teal import teal_threshold, threshold_input
+from sparsescope.weights import nm_readiness, weight_stats, weight_table
 
 
 def randn(*shape: int, seed: int = 0) -> torch.Tensor:
@@ -177,7 +166,7 @@ def test_masks_do_not_modify_w():
     lambda W: nm_mask(W.abs(), 4, 4),
     lambda W: nm_mask(W.abs(), 0, 4),
     lambda W: magnitude_mask(W[0], 0.5),
-    lambda W: calibrate_threshold(W, 1.0),
+    lambda W: teal_threshold(W, 1.0),
 ])
 def test_bad_pruning_inputs_raise_user_error(call):
     with pytest.raises(UserError):
@@ -276,7 +265,7 @@ def test_teal_threshold_realises_target_sparsity_on_held_out_samples(sparsity, d
         return torch.empty(2000, 64).exponential_(generator=g) * sign
 
     calib, held_out = draw(), draw()
-    t = calibrate_threshold(calib, sparsity)
+    t = teal_threshold(calib, sparsity)
     assert (calib.abs() < t).float().mean().item() == pytest.approx(sparsity, abs=1e-5)
     assert (threshold_input(held_out, t) == 0).float().mean().item() == pytest.approx(sparsity, abs=0.01)
     expected_t = norm.ppf((1 + sparsity) / 2) if dist == "normal" else -math.log(1 - sparsity)
@@ -286,4 +275,4 @@ def test_teal_threshold_realises_target_sparsity_on_held_out_samples(sparsity, d
 def test_threshold_input_keeps_large_entries_unchanged():
     x = torch.tensor([[-2.0, -0.5, 0.0, 0.49, 0.5, 3.0]])
     assert threshold_input(x, 0.5).tolist() == [[-2.0, -0.5, 0.0, 0.0, 0.5, 3.0]]
-    assert calibrate_threshold(x, 0.0) == 0.0
+    assert teal_threshold(x, 0.0) == 0.0

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import functools
+import time
 import warnings
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -45,28 +45,37 @@ def friendly(fn):
     return wrapper
 
 
-def split_list(value: Optional[str]) -> Optional[list[str]]:
-    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+class Bar:
+    """The CLI's one progress bar: units counted (tokens or evaluations), a note (token rate or the last step), ETA.
 
+    It is the workflows' ``progress(n, total, note)``; the live display starts on the first call, so the
+    model-loading spinner before it runs alone. ``elapsed`` is the time since that first call.
+    """
 
-def parse_layers(value: Optional[str]) -> Optional[list[int]]:
-    """``"0,5,10-12"`` → ``[0, 5, 10, 11, 12]``."""
-    if not value:
-        return None
-    layers = []
-    try:
-        for part in value.split(","):
-            lo, _, hi = part.partition("-")
-            layers += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
-    except ValueError:
-        raise UserError(f"bad --layers {value!r}; write e.g. 0,5,10-12") from None
-    return layers
+    def __init__(self, label: str, unit: str, transient: bool = False):
+        self.label, self.unit, self.task, self.start = label, unit, None, 0.0
+        self.progress = Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn(unit),
+                                 TextColumn("{task.fields[note]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                                 console=console, transient=transient)
 
+    def __call__(self, n: int, total: int, note: str = "") -> None:
+        if self.task is None:
+            self.progress.start()
+            self.task, self.start = self.progress.add_task(self.label, total=total, note=""), time.perf_counter()
+        self.progress.advance(self.task, n)
+        if self.unit == "tok":
+            note = f"{self.progress.tasks[self.task].completed / max(self.elapsed, 1e-9):.0f} tok/s"
+        self.progress.update(self.task, note=note)
 
-def token_progress(total: int, label: str) -> Progress:
-    """A progress bar counting tokens, with tokens/s."""
-    return Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn("tok"),
-                    TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(), console=console)
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start if self.task is not None else 0.0
+
+    def __enter__(self) -> "Bar":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.stop()
 
 
 def load(spec: str):
@@ -76,35 +85,12 @@ def load(spec: str):
         return load_model(spec, progress=lambda m: console.print(m))
 
 
-def _floats(value: str, option: str) -> list[float]:
-    """``"0.25,0.5"`` → ``[0.25, 0.5]``; one line naming the option otherwise."""
-    try:
-        return [float(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise UserError(f"bad {option} {value!r}; write numbers separated by commas, e.g. 0.25,0.5") from None
+def note(weights_note: str) -> None:
+    """Print the model's weights note (e.g. dequantised from GGUF), when there is one."""
+    if weights_note:
+        out.print(f"[bold yellow]note: {weights_note}[/]", highlight=False)
 
 
-def _evaluations(total: int, label: str) -> Progress:
-    return Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn("evaluations"),
-                    TextColumn("{task.fields[label]}"), TimeElapsedColumn(), TimeRemainingColumn(), console=console)
-
-
-def _note(lm) -> None:
-    if lm.weights_note:
-        out.print(f"[bold yellow]note: {lm.weights_note}[/]", highlight=False)
-
-
-def _show(table) -> None:
+def show(table) -> None:
     """Print a table; a log or pipe (not a terminal) gets every column in full instead of 80 columns."""
     (out if out.is_terminal else Console(width=160)).print(table)
-
-
-def _frame_table(df, title: str):
-    """A rich table of a small frame (index as the first columns), numbers to 4 significant digits."""
-    from rich.table import Table
-
-    df = df.reset_index()
-    table = Table(*[str(c) for c in df.columns], title=title)
-    for row in df.itertuples(index=False):
-        table.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row])
-    return table

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from sparsescope.cli._common import (
-    app, out, RUNS_DIR, MODEL, friendly, split_list, parse_layers, load, _floats, _evaluations, _note, _show,
-    _frame_table,
-)
-from sparsescope.errors import UserError
+from sparsescope.cli._common import RUNS_DIR, MODEL, Bar, app, friendly, load, note, out, show
 
 
 @app.command()
@@ -38,52 +33,16 @@ def weights(
 
     Quantization (int8/int4/ternary, activations) and TEAL are measured by `sparsescope compare`.
     """
-    from sparsescope import __version__
-    from sparsescope.eval import Evaluator
-    from sparsescope.probes import load_text
+    from sparsescope import workflows
+    from sparsescope.show.terminal import weights_tables
     from sparsescope.store import RunStore
-    from sparsescope.record.calibration import calibrate
-    from sparsescope.weights import sensitivity as sens
-    from sparsescope.weights.study import check_metric, grid, page, stats_table
 
-    check_metric(metric)
-    if per_layer and not sensitivity:
-        raise UserError("--per-layer measures pruning sensitivity one layer at a time; add --sensitivity")
-    cfg = sens.SensitivityConfig(methods=tuple(split_list(methods) or ()),
-                                 sparsities=tuple(_floats(sparsities, "--sparsities")),
-                                 nm=None if nm.lower() == "none" else nm, per_layer=per_layer,
-                                 layers=parse_layers(layers), tolerance=tolerance)
-    store = RunStore(runs_dir)
-    store.check_writable()
-    texts = (load_text(text), load_text(calibration)) if sensitivity else None
-    start = time.perf_counter()
-    lm = load(model)
-    _note(lm)
-    tables = {"weights": stats_table(lm)}
-    _show(_frame_table(grid(tables["weights"], metric), f"{lm.name}: {metric} per layer × weight site"))
-    if sensitivity:
-        evaluator = Evaluator(lm, texts[0], max_tokens=eval_tokens)
-        calib = calibrate(lm, texts[1]) if "wanda" in cfg.methods else None
-        n = len(sens.plans(lm, cfg))
-        with _evaluations(n, "prune") as bar:
-            task = bar.add_task("prune", total=n, label="")
-            tables["sensitivity"] = sens.sensitivity(lm, evaluator, cfg, calib,
-                                                     lambda label: bar.update(task, advance=1, label=label))
-        tables["knees"] = sens.knees(tables["sensitivity"], tolerance)
-        whole = tables["sensitivity"][tables["sensitivity"]["layer"] == sens.ALL_LAYERS]
-        _show(_frame_table(whole.pivot(index="config", columns="method", values="rel_delta_ppl"),
-                           f"Δppl / dense ppl {evaluator.dense_ppl:.3f} (whole model, {evaluator.n_tokens} tokens)"))
-        _show(_frame_table(tables["knees"].set_index(["method", "layer"]),
-                           f"essential sparsity (largest with Δppl/ppl ≤ {tolerance:.1%})"))
-    seconds = time.perf_counter() - start
-    manifest = {"kind": "weights", "model": lm.name, "model_revision": lm.revision, "weights_note": lm.weights_note,
-                "package_version": __version__, "seconds": seconds,
-                "config": {"model": model, "metric": metric, "sensitivity": sensitivity, "methods": list(cfg.methods),
-                           "sparsities": list(cfg.sparsities), "nm": cfg.nm, "per_layer": per_layer, "layers": layers,
-                           "tolerance": tolerance, "eval_tokens": eval_tokens, "text": text,
-                           "calibration": calibration}}
-    run = store.create(manifest)
-    run.finalize({name: df.assign(run_id=run.run_id) for name, df in tables.items()})
-    path = run.write_file("weights.html", page(run.manifest, tables, metric, tolerance))
-    _note(lm)
-    out.print(f"{seconds:.1f} s; tables {', '.join(tables)} → {run.path}; page: {path}")
+    with Bar("prune", "evaluations") as bar:
+        run, tables, dense_ppl, n_tokens, seconds = workflows.weights(
+            RunStore(runs_dir), model, metric, sensitivity, per_layer, methods, sparsities, nm, layers, tolerance,
+            eval_tokens, text, calibration, load=load, progress=bar)
+    note(run.manifest["weights_note"])
+    for table in weights_tables(run.manifest["model"], tables, metric, tolerance, dense_ppl, n_tokens):
+        show(table)
+    note(run.manifest["weights_note"])
+    out.print(f"{seconds:.1f} s; tables {', '.join(tables)} → {run.path}; page: {run.path / 'weights.html'}")

@@ -2,7 +2,7 @@
 
 Every configuration is a plan (compositions are plans with two rules), evaluated on the same held-out tokens
 against the same dense reference (one ``Evaluator``), and costed by the same energy model
-(``sparsescope.spiking.energy``) fed with what the levers measured during that evaluation: realised input
+(``sparsescope.cost``) fed with what the levers measured during that evaluation: realised input
 densities (TEAL), spike counts and steps (spiking), and the stored bits per weight including scales (quant).
 
 Per linear and token: weights are read for non-zero inputs only (batch-1 decode, see ``energy``); quantized
@@ -24,19 +24,17 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
 from sparsescope.errors import UserError
 from sparsescope.eval import Evaluator
 from sparsescope.intervene import Applied, Lever, Plan, Rule, apply
 from sparsescope.models.loading import LoadedModel
-from sparsescope.harvest.page import html_page
 from sparsescope.models.sites import linear_weight, site_name
 from sparsescope.spiking.convert import SpikeLever
-from sparsescope.spiking.energy import EnergyConstants, LinearCost, bytes_moved, dense_macs, energy, sops, sparse_macs
+from sparsescope.cost import EnergyConstants, LinearCost, bytes_moved, dense_macs, energy, sops, sparse_macs
 from sparsescope.record.calibration import calibrate
-from sparsescope.weights.levers import ActQuantLever, QuantLever, TealLever
+from sparsescope.levers.quant import ActQuantLever, QuantLever
+from sparsescope.levers.teal import TealLever
 
 COLUMNS = ["method", "config", "ppl", "delta_ppl", "kl", "n_tokens", "bits_per_weight", "input_density",
            "bytes_per_token", "weight_bytes_per_token", "act_bytes_per_token", "ops_per_token", "macs_per_token",
@@ -48,14 +46,14 @@ COLUMNS = ["method", "config", "ppl", "delta_ppl", "kl", "n_tokens", "bits_per_w
 class CompareConfig:
     """What to compare and on how much text. Every configuration costs one evaluation of ``eval_tokens``."""
 
-    eval_tokens: int = 1024
-    seq_len: int = 256
-    calib_tokens: int = 2048
-    group_size: int = 64  # SmolLM2's widths (576, 1536) need 64 or 32
-    teal: tuple[float, ...] = (0.25, 0.5, 0.7)
-    spike_k: tuple[float, ...] = (2, 3, 4)
-    spike_coding: str = "bitwise"
-    compositions: bool = True
+    eval_tokens: int = 1024  # held-out tokens per evaluation (≥ 32), the same chunks for every configuration
+    seq_len: int = 256  # tokens per evaluated chunk
+    calib_tokens: int = 2048  # calibration tokens for TEAL thresholds
+    group_size: int = 64  # inputs per scale of group quantization; SmolLM2's widths (576, 1536) need 64 or 32
+    teal: tuple[float, ...] = (0.25, 0.5, 0.7)  # TEAL activation sparsities, in (0, 1)
+    spike_k: tuple[float, ...] = (2, 3, 4)  # spiking thresholds k (v_th = mean|x| / k), > 0
+    spike_coding: str = "bitwise"  # spike coding: binary, ternary or bitwise
+    compositions: bool = True  # also int8 weights + spiking and int4 weights + TEAL
 
     def __post_init__(self) -> None:
         if int(self.eval_tokens) != self.eval_tokens or self.eval_tokens < 32:
@@ -230,33 +228,3 @@ def pareto_front(cost: Sequence[float], loss: Sequence[float]) -> np.ndarray:
     return ~dominated
 
 
-def pareto_figure(table: pd.DataFrame, title: str = "") -> go.Figure:
-    """Perplexity against energy and against bytes per token (log x), Pareto fronts as lines."""
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("quality vs energy", "quality vs memory traffic"))
-    colors = dict(zip(dict.fromkeys(table["method"]), [
-        "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
-        "#17becf"] * 3))
-    for col, x in ((1, "energy_uJ_per_token"), (2, "bytes_per_token")):
-        for method, g in table.groupby("method", sort=False):
-            fig.add_scatter(x=g[x], y=g["ppl"], mode="markers", name=method, legendgroup=method,
-                            showlegend=col == 1, marker={"color": colors[method], "size": 9},
-                            text=g["config"], hovertemplate="%{text}<br>%{x:.4g}, ppl %{y:.4g}", row=1, col=col)
-        front = table[pareto_front(table[x], table["ppl"])].sort_values(x)
-        fig.add_scatter(x=front[x], y=front["ppl"], mode="lines", line={"dash": "dot", "color": "black"},
-                        name="Pareto front", legendgroup="front", showlegend=col == 1, row=1, col=col)
-        fig.update_xaxes(type="log", title_text="µJ per token" if col == 1 else "bytes per token", row=1, col=col)
-    fig.update_yaxes(type="log", title_text="perplexity (held-out)", row=1, col=1)
-    fig.update_yaxes(type="log", row=1, col=2)
-    fig.update_layout(title=title or "Head-to-head: quality vs cost (lower-left is better)", height=520)
-    return fig
-
-
-def page(manifest: dict, table: pd.DataFrame) -> str:
-    """The run's HTML page: the Pareto plots, then the table."""
-    facts = {"model": manifest.get("model"), "revision": manifest.get("model_revision"),
-             "weights": manifest.get("weights_note"), "created": manifest.get("created"),
-             "held-out tokens": table["n_tokens"].iloc[0], "time": f"{manifest.get('seconds', 0):.0f} s",
-             "energy model": "block linears per token, batch-1 decode; weights from DRAM, activations in SRAM "
-                             "(sparsescope.spiking.energy, sparsescope.harvest.compare)"}
-    return html_page(f"sparsescope compare — {manifest.get('model')} ({manifest.get('run_id')})", facts,
-                     [pareto_figure(table), "Head-to-head (per token)", table])

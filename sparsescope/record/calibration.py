@@ -13,8 +13,22 @@ import torch
 from sparsescope.errors import UserError
 from sparsescope.models.loading import LoadedModel
 from sparsescope.models.sites import site_name
+from sparsescope.models.tokens import token_chunks
 
 SAMPLE = 1 << 16  # |x| values kept per linear for quantiles
+
+
+def quantile_threshold(samples: torch.Tensor, q: float) -> float:
+    """The project's one quantile rule: the k-th smallest sample, k = round(q · n) (0-based, at most n − 1).
+
+    Without ties exactly k samples lie below it, so a threshold at share q zeroes exactly that share of the
+    calibration entries (TEAL's sparsity, the ann2snn percentile of IF/LIF neurons).
+    """
+    flat = samples.detach().reshape(-1).float()
+    if flat.numel() == 0:
+        raise UserError("no calibration samples; calibrate on a non-empty text first")
+    k = min(round(q * flat.numel()), flat.numel() - 1)
+    return flat.kthvalue(k + 1).values.item()
 
 
 def calibrate(lm: LoadedModel, texts: str | Sequence[str], seq_len: int = 256, max_tokens: int = 2048,
@@ -24,12 +38,9 @@ def calibrate(lm: LoadedModel, texts: str | Sequence[str], seq_len: int = 256, m
     ``act_norm`` is ‖x_j‖₂ over all calibration tokens (Wanda's input norm); ``abs_sample`` a uniform sample of
     |x| entries (equal share per chunk), for thresholds at a quantile (TEAL) or percentile (ann2snn).
     """
-    text = texts if isinstance(texts, str) else "\n\n".join(texts)
-    ids = torch.tensor(lm.tokenizer(text)["input_ids"][:max_tokens], dtype=torch.long)
-    if len(ids) < 2:
+    chunks = token_chunks(lm, texts, seq_len, max_tokens)
+    if chunks.numel() < 2:
         raise UserError("the calibration text is empty (under 2 tokens); pass a longer calibration text")
-    seq_len = min(seq_len, lm.context, len(ids))
-    chunks = ids[: len(ids) // seq_len * seq_len].view(-1, seq_len)
     gen = torch.Generator().manual_seed(seed)
     stats: dict[str, dict[str, torch.Tensor]] = {}
     handles = []

@@ -40,8 +40,24 @@ class Metric:
     name: str
     threshold: float = math.nan
 
+    @classmethod
+    def parse(cls, text: str) -> "Metric":
+        """The one reader of metric labels: ``"near_zero_frac@0.1"`` → ``Metric("near_zero_frac", 0.1)``,
+        ``"hoyer"`` → ``Metric("hoyer")``. Names are not checked here (each table has its own)."""
+        name, _, t = text.partition("@")
+        if not t:
+            return cls(name)
+        try:
+            value = float(t)
+        except ValueError:
+            value = math.nan
+        if math.isnan(value):
+            raise UserError(f"threshold {t!r} of {name!r} is not a number; write e.g. {name}@0.1")
+        return cls(name, value)
+
     @property
     def label(self) -> str:
+        """The one writer of metric labels: ``near_zero_frac@0.1``, or the bare name without a threshold."""
         return self.name if math.isnan(self.threshold) else f"{self.name}@{self.threshold:g}"
 
 
@@ -60,20 +76,17 @@ def parse_metrics(spec: str | list[str] | None) -> list[Metric]:
     items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
     out: list[Metric] = []
     for item in items:
-        name, _, t = item.partition("@")
+        m = Metric.parse(item)
+        name = m.name
         if name not in BASE_METRICS:
             raise UserError(f"unknown metric {name!r}; choose from: {', '.join(BASE_METRICS)} (add @t for a threshold)")
         takes = bool(DEFAULT_THRESHOLDS[name])
-        if t:
+        if not math.isnan(m.threshold):
             if not takes:
-                raise UserError(f"metric {name!r} takes no threshold; write it without '@{t}'")
-            try:
-                value = float(t)
-            except ValueError:
-                raise UserError(f"threshold {t!r} of {name!r} is not a number; write e.g. {name}@0.1") from None
-            if not value > 0:
-                raise UserError(f"threshold of {name!r} must be positive, got {value}")
-            out.append(Metric(name, value))
+                raise UserError(f"metric {name!r} takes no threshold; write it without '@{m.threshold:g}'")
+            if not m.threshold > 0:
+                raise UserError(f"threshold of {name!r} must be positive, got {m.threshold}")
+            out.append(m)
         else:
             out += [Metric(name, v) for v in DEFAULT_THRESHOLDS[name]] if takes else [Metric(name)]
     if not out:

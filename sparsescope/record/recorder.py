@@ -30,19 +30,20 @@ LOGITS_LAYER, LOGITS_SITE = -1, "logits"
 class RecordConfig:
     """What to record: sites (``mlp.hook_post`` for every layer or ``blocks.3.mlp.hook_post``), layers, metrics."""
 
-    sites: list[str] | None = None
-    layers: list[int] | None = None
-    metrics: list[Metric] | str | None = None
-    batch_size: int = 8
-    max_tokens: int = 256
-    neurons: bool = True
-    logits: bool = True
+    sites: list[str] | None = None  # site names, bare (every layer) or full `blocks.{l}.…`; None = every site
+    layers: list[int] | None = None  # layers for the bare site names; None = every layer
+    metrics: list[Metric] | str | None = None  # Metric list or "hoyer,near_zero_frac@0.1"; None = all defaults
+    batch_size: int = 8  # prompts per forward pass (memory, not results)
+    max_tokens: int = 256  # prompts are truncated to this many tokens
+    neurons: bool = True  # also the per-neuron `neurons` table (fire_freq, mean_abs)
+    logits: bool = True  # also per-prompt nll / max_prob rows (site "logits"): the OOD detector's baselines
     kernels: bool = True  # the fused C++ statistics kernel when it builds; False: its pure-torch twin (same numbers)
 
 
 @dataclass
-class Run:
-    """Recorded tables (design §3): split-level ``activations``, per-prompt ``prompts``, per-neuron ``neurons``."""
+class Recording:
+    """What a Recorder returns, in memory (a `store.RunDir` is a run's folder on disk): the recorded tables
+    (design §3): split-level ``activations``, per-prompt ``prompts``, per-neuron ``neurons``."""
 
     activations: pd.DataFrame
     prompts: pd.DataFrame
@@ -77,7 +78,7 @@ class _SiteStats:
 
 
 class Recorder:
-    """Record sparsity metrics for a model over prompt suites; ``run`` returns a :class:`Run`."""
+    """Record sparsity metrics for a model over prompt suites; ``run`` returns a :class:`Recording`."""
 
     def __init__(self, lm: LoadedModel, config: RecordConfig | None = None):
         self.lm, self.config = lm, config or RecordConfig()
@@ -140,7 +141,7 @@ class Recorder:
             yield rows, input_ids, valid
 
     # -- the run ------------------------------------------------------------------------------------------------
-    def record_suite(self, suite, run_id: str = "", progress: Callable[[int], None] | None = None) -> Run:
+    def record_suite(self, suite, run_id: str = "", progress: Callable[[int], None] | None = None) -> Recording:
         """Record one suite (a ``probes.Suite``); returns its rows of the three tables."""
         texts = [p.text for p in suite.prompts]
         if not texts:
@@ -228,7 +229,7 @@ class Recorder:
         counts.index_add_(0, rows, target_valid.sum(1).double())
 
     # -- tables -------------------------------------------------------------------------------------------------
-    def _tables(self, suite, run_id: str, stats: dict, logit_sums, logit_counts) -> Run:
+    def _tables(self, suite, run_id: str, stats: dict, logit_sums, logit_counts) -> Recording:
         base = dict(run_id=run_id, model=self.lm.name, suite=suite.name, split=suite.split, level=int(suite.level))
         prompt_ids = np.array([p.id for p in suite.prompts], dtype=object)
         n_prompts, m = len(prompt_ids), len(self.static)
@@ -275,10 +276,10 @@ class Recorder:
         neurons = pd.concat(neuron_frames, ignore_index=True) if neuron_frames else _empty_neurons()
         for k in ("split", "suite", "run_id"):
             neurons.insert(0, k, base[k])
-        return Run(activations[_ACT_COLUMNS], prompts, neurons, run_id)
+        return Recording(activations[_ACT_COLUMNS], prompts, neurons, run_id)
 
     def run(self, suites: Sequence, run_id: str = "", progress: Callable[[int], None] | None = None,
-            skip: set[str] | None = None, on_suite: Callable[[str, Run], None] | None = None) -> Run:
+            skip: set[str] | None = None, on_suite: Callable[[str, Recording], None] | None = None) -> Recording:
         """Record every suite (skipping :func:`part_key`s in ``skip``, for resume); ``on_suite`` sees each part."""
         parts = []
         for suite in suites:
@@ -288,7 +289,7 @@ class Recorder:
             if on_suite:
                 on_suite(part_key(suite), part)
             parts.append(part)
-        return concat_runs(parts, run_id)
+        return concat_recordings(parts, run_id)
 
 
 def part_key(suite) -> str:
@@ -340,16 +341,16 @@ def _empty_neurons() -> pd.DataFrame:
                              value=pd.Series(dtype=np.float32)))
 
 
-def concat_runs(parts: Sequence[Run], run_id: str = "") -> Run:
-    """Join suite parts into one :class:`Run`."""
+def concat_recordings(parts: Sequence[Recording], run_id: str = "") -> Recording:
+    """Join suite parts into one :class:`Recording`."""
     if not parts:
         empty = pd.DataFrame(columns=_ACT_COLUMNS)
-        return Run(empty, pd.DataFrame(columns=_PROMPT_COLUMNS), _empty_neurons(), run_id)
-    return Run(*(pd.concat([getattr(p, t) for p in parts], ignore_index=True)
+        return Recording(empty, pd.DataFrame(columns=_PROMPT_COLUMNS), _empty_neurons(), run_id)
+    return Recording(*(pd.concat([getattr(p, t) for p in parts], ignore_index=True)
                  for t in ("activations", "prompts", "neurons")), run_id=run_id)
 
 
-def record(model, suites, sites: list[str] | None = None, metrics: str | list[str] | None = None, **config) -> Run:
+def record(model, suites, sites: list[str] | None = None, metrics: str | list[str] | None = None, **config) -> Recording:
     """Record sparsity of ``model`` (any ``load_model`` spec) over suites or a list of prompt strings."""
     from sparsescope.models import load_model
     from sparsescope.probes import Prompt, Suite

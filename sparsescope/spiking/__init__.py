@@ -1,5 +1,5 @@
 """Spiking conversion: integer spike coding, IF/LIF neurons, the ``spike`` lever with convert/restore, spike
-statistics and the energy/ops model (see design §6–7, §9–10)."""
+statistics (priced by `sparsescope.cost`) (see design §6–7, §9–10)."""
 
 from sparsescope.spiking.coding import (
     CODINGS,
@@ -11,18 +11,14 @@ from sparsescope.spiking.coding import (
     max_level,
     spike_counts,
     spike_stats,
-    sops,
     steps_needed,
 )
 from sparsescope.spiking.convert import SpikeConfig, SpikeLever, convert, restore, spike_levers, spike_plan
-from sparsescope.spiking.energy import EnergyConstants, LinearCost, cost_table, energy, spiking_wins
 from sparsescope.spiking.neurons import calibrate_threshold, rate_decode, rate_encode
 from sparsescope.spiking.stats import SpikeStats, aggregate, energy_table, spike_table
 
 __all__ = [
     "CODINGS",
-    "EnergyConstants",
-    "LinearCost",
     "SpikeConfig",
     "SpikeLever",
     "SpikeStats",
@@ -31,10 +27,8 @@ __all__ = [
     "clamp",
     "collapse",
     "convert",
-    "cost_table",
     "decode",
     "encode",
-    "energy",
     "energy_table",
     "expand",
     "max_level",
@@ -46,7 +40,5 @@ __all__ = [
     "spike_plan",
     "spike_stats",
     "spike_table",
-    "spiking_wins",
-    "sops",
     "steps_needed",
 ]

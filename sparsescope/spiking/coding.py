@@ -16,9 +16,8 @@ import functools
 
 import torch
 
+from sparsescope.cost import CODINGS
 from sparsescope.errors import UserError
-
-CODINGS = ("binary", "ternary", "bitwise")
 
 
 def _check_coding(coding: str) -> None:
@@ -195,15 +194,3 @@ def spike_stats(s: torch.Tensor, coding: str, steps: int | None = None) -> dict[
         "silent_channels": float((counts.reshape(-1, s.shape[-1]).sum(0) == 0).double().mean()),
         "abs_le_7": float((s.abs() <= 7).double().mean()),
     }
-
-
-def sops(s: torch.Tensor, fan_out: int | torch.Tensor, coding: str) -> int:
-    """Synaptic operations: Σ spikes × fan-out, exact. ``fan_out``: an int, or one int per channel (last dim)."""
-    counts = spike_counts(s, coding)
-    if isinstance(fan_out, torch.Tensor):
-        if fan_out.shape != (s.shape[-1],) or fan_out.is_floating_point():
-            raise UserError(f"fan_out must be an int or an integer tensor of shape ({s.shape[-1]},), got {fan_out!r}")
-        return int((counts.reshape(-1, s.shape[-1]).sum(0) * fan_out.to(torch.int64)).sum())
-    if int(fan_out) != fan_out or fan_out < 0:
-        raise UserError(f"fan_out must be a whole number ≥ 0 (outputs each input feeds), got {fan_out!r}")
-    return int(counts.sum()) * int(fan_out)

@@ -28,10 +28,10 @@ from sparsescope.errors import UserError
 from sparsescope.intervene import Applied, InterventionError, Lever, LinearContext, Plan, Rule, register_lever
 from sparsescope.models.loading import LoadedModel
 from sparsescope.spiking import coding as spike_coding
-from sparsescope.spiking.neurons import RESETS, calibrate_threshold, rate_encode
+from sparsescope.spiking.neurons import RATE_NEURONS, RESETS, calibrate_threshold, rate_encode
 from sparsescope.spiking.stats import SpikeStats
 
-NEURONS = ("adaptive", "if", "lif")
+NEURONS = ("adaptive", *RATE_NEURONS)
 DEFAULT_T = 8  # rate-coding window of IF/LIF neurons
 
 

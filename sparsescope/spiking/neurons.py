@@ -16,8 +16,9 @@ when x > v_th, every m steps with m the first t where x·(1 − (1 − 1/τ)^t) 
 import torch
 
 from sparsescope.errors import UserError
+from sparsescope.record.calibration import quantile_threshold
 
-NEURONS = ("if", "lif")
+RATE_NEURONS = ("if", "lif")
 RESETS = ("soft", "hard")
 
 
@@ -33,8 +34,8 @@ def rate_encode(
 
     ``v_th`` is a positive number or a tensor broadcastable to x (e.g. one threshold per channel).
     """
-    if neuron not in NEURONS:
-        raise UserError(f"unknown neuron {neuron!r}; use one of {', '.join(NEURONS)}")
+    if neuron not in RATE_NEURONS:
+        raise UserError(f"unknown neuron {neuron!r}; use one of {', '.join(RATE_NEURONS)}")
     if reset not in RESETS:
         raise UserError(f"unknown reset {reset!r}; use one of {', '.join(RESETS)}")
     if int(steps) != steps or steps < 1:
@@ -60,20 +61,11 @@ def rate_decode(spikes: torch.Tensor, v_th: float | torch.Tensor) -> torch.Tenso
 
 
 def calibrate_threshold(samples: torch.Tensor, percentile: float = 99.9) -> float:
-    """Threshold = the ``percentile`` of the samples (ann2snn's robust max: outliers do not set the scale).
-
-    Linear interpolation between order statistics, as numpy's default; works on any number of samples.
-    """
+    """Threshold = the ``percentile`` of the samples (ann2snn's robust max: outliers do not set the scale), by the
+    project's one quantile rule (`record.calibration.quantile_threshold`)."""
     if not 0 < percentile <= 100:
         raise UserError(f"percentile must be in (0, 100], got {percentile!r}; ann2snn uses 99.9")
-    flat = samples.detach().reshape(-1).double()
-    if flat.numel() == 0:
-        raise UserError("no calibration samples; record some activations first")
-    pos = percentile / 100 * (flat.numel() - 1)
-    lo, frac = int(pos), pos - int(pos)
-    value = flat.kthvalue(lo + 1).values
-    if frac > 0:
-        value = value + frac * (flat.kthvalue(lo + 2).values - value)
+    value = quantile_threshold(samples, percentile / 100)
     if not value > 0:
         raise UserError(
             f"the {percentile} percentile of the samples is {float(value):.3g} ≤ 0; "

@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 
 from sparsescope.errors import UserError
-from sparsescope.spiking.energy import PRESETS, LinearCost, cost_table
+from sparsescope.cost import PRESETS, LinearCost, cost_table
 
-METRICS = ("spike_sparsity", "firing_rate", "zero_frac", "spikes_per_channel", "silent_channels", "abs_le_7",
+SPIKE_METRICS = ("spike_sparsity", "firing_rate", "zero_frac", "spikes_per_channel", "silent_channels", "abs_le_7",
            "steps", "steps_max", "sops", "macs", "recon_mse", "recon_cos")
 BITS = {"fp32": 32, "fp16": 16, "int8": 8}  # weight and activation bits that go with each energy preset
 
@@ -94,7 +94,7 @@ def aggregate(stats: Sequence[SpikeStats]) -> dict[str, float]:
     token-weighted); NaN when nothing was seen."""
     seen = [st for st in stats if st.tokens]
     if not seen:
-        return {m: math.nan for m in METRICS}
+        return {m: math.nan for m in SPIKE_METRICS}
     total = {key: sum(getattr(st, key) for st in seen)
              for key in ("tokens", "spikes", "slots", "steps_sum", "zeros", "le7", "sq_err", "cos_sum")}
     entries = sum(st.tokens * st.in_features for st in seen)

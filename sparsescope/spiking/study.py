@@ -19,7 +19,7 @@ from sparsescope.eval import Evaluator
 from sparsescope.intervene import Plan
 from sparsescope.models.loading import LoadedModel
 from sparsescope.spiking.convert import SpikeConfig, convert, needs_calibration, spike_levers
-from sparsescope.spiking.energy import spiking_wins
+from sparsescope.cost import spiking_wins
 from sparsescope.spiking.stats import BITS, aggregate, energy_table, spike_table
 
 SWEEPABLE = ("k", "T", "tau", "percentile", "wta", "max_steps")
@@ -30,11 +30,11 @@ SWEEP_METRICS = ("spike_sparsity", "zero_frac", "firing_rate", "steps", "sops", 
 class StudyConfig:
     """What to evaluate: held-out tokens, per-layer quality, a sweep ``("k", [2, 3, 4])``, energy preset."""
 
-    eval_tokens: int = 1024
-    seq_len: int = 256
-    per_layer: bool = False
-    sweep: tuple[str, list[float]] | None = None
-    energy: str = "fp32"
+    eval_tokens: int = 1024  # held-out tokens per evaluation (≥ 32)
+    seq_len: int = 256  # tokens per evaluated chunk
+    per_layer: bool = False  # also convert each layer alone and evaluate it (one evaluation per layer)
+    sweep: tuple[str, list[float]] | None = None  # one spike parameter and its values, e.g. ("k", [2, 3, 4])
+    energy: str = "fp32"  # cost-model preset and bit widths: fp32, fp16 or int8
 
     def __post_init__(self) -> None:
         if int(self.eval_tokens) != self.eval_tokens or self.eval_tokens < 32:

@@ -13,36 +13,34 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import plotly.express as px
-import plotly.graph_objects as go
 import torch
 
 from sparsescope.errors import UserError
 from sparsescope.eval import Evaluator
 from sparsescope.intervene import Plan, Rule, apply
 from sparsescope.models.loading import LoadedModel
-from sparsescope.weights.levers import PRUNE_METHODS, global_magnitude_plan, parse_nm
+from sparsescope.levers.prune import PRUNE_METHODS, global_magnitude_plan, parse_nm
 
 ALL_LAYERS = -1  # `layer` value of whole-model rows
-METHODS = (*PRUNE_METHODS, "global")  # "global": one magnitude threshold over all linears (whole model only)
+CURVE_METHODS = (*PRUNE_METHODS, "global")  # "global": one magnitude threshold over all linears (whole model only)
 
 
 @dataclass
 class SensitivityConfig:
     """Which pruning curves to measure. ``per_layer`` prunes one layer at a time (``layers`` of them): costly."""
 
-    methods: tuple[str, ...] = PRUNE_METHODS
-    sparsities: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
-    nm: str | None = "2:4"
-    per_layer: bool = False
-    layers: Sequence[int] | None = None
-    tolerance: float = 0.01
-    seed: int = 0
+    methods: tuple[str, ...] = PRUNE_METHODS  # magnitude, wanda, random and/or global (one |W| threshold, whole model)
+    sparsities: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)  # points of each curve, in (0, 1)
+    nm: str | None = "2:4"  # N:M pattern evaluated once per method; None skips it
+    per_layer: bool = False  # also prune one layer at a time (layers × methods × sparsities evaluations)
+    layers: Sequence[int] | None = None  # layers for per_layer; None = every layer
+    tolerance: float = 0.01  # essential sparsity: the largest sparsity with Δppl / dense ppl ≤ this
+    seed: int = 0  # seed of the random-pruning masks
 
     def __post_init__(self) -> None:
-        unknown = set(self.methods) - set(METHODS)
+        unknown = set(self.methods) - set(CURVE_METHODS)
         if unknown or not self.methods:
-            raise UserError(f"unknown pruning method(s) {sorted(unknown)}; use some of {', '.join(METHODS)}")
+            raise UserError(f"unknown pruning method(s) {sorted(unknown)}; use some of {', '.join(CURVE_METHODS)}")
         if not self.sparsities or not all(0 < s < 1 for s in self.sparsities):
             raise UserError(f"sparsities must lie in (0, 1), got {list(self.sparsities)}; pass e.g. 0.1,0.3,0.5")
         if self.nm is not None:
@@ -123,29 +121,3 @@ def knees(table: pd.DataFrame, tolerance: float = 0.01) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["method", "layer", "tolerance", "essential_sparsity", "reached"])
 
 
-def figure(table: pd.DataFrame, knee_table: pd.DataFrame, tolerance: float = 0.01) -> go.Figure:
-    """Whole-model perplexity against sparsity per method (log y), N:M points as markers, the tolerance and knees."""
-    whole = table[table["layer"] == ALL_LAYERS]
-    curves = whole[~whole["config"].str.contains(":")]
-    fig = px.line(curves, x="sparsity", y="ppl", color="method", markers=True, log_y=True,
-                  labels={"sparsity": "weight sparsity", "ppl": "perplexity"},
-                  title="Pruning sensitivity (whole model)")
-    for row in whole[whole["config"].str.contains(":")].itertuples():
-        fig.add_scatter(x=[row.sparsity], y=[row.ppl], mode="markers", marker_symbol="x",
-                        marker_size=12, name=f"{row.method} {row.config}")
-    dense = float((whole["ppl"] - whole["delta_ppl"]).iloc[0])
-    fig.add_hline(y=dense * (1 + tolerance), line_dash="dash", annotation_text=f"dense ppl + {tolerance:.0%}")
-    for row in knee_table[knee_table["layer"] == ALL_LAYERS].itertuples():
-        fig.add_vline(x=row.essential_sparsity, line_dash="dot",
-                      annotation_text=f"{row.method} knee {row.essential_sparsity:.2f}")
-    return fig
-
-
-def layer_figure(table: pd.DataFrame) -> go.Figure:
-    """Per-layer heatmap of Δppl/ppl (layers × sparsity) for the first method, when per-layer rows exist."""
-    rows = table[(table["layer"] != ALL_LAYERS) & ~table["config"].str.contains(":")]
-    method = rows["method"].iloc[0]
-    wide = rows[rows["method"] == method].pivot(index="layer", columns="sparsity", values="rel_delta_ppl")
-    return px.imshow(wide, aspect="auto", color_continuous_scale="Viridis",
-                     labels={"color": "Δppl / ppl", "x": "sparsity", "y": "layer"},
-                     title=f"Per-layer sensitivity ({method}, one layer pruned at a time)")

@@ -8,6 +8,8 @@ from collections.abc import Iterable
 import pandas as pd
 import torch
 
+from sparsescope.record.metrics import Metric
+
 NEAR_ZERO_THRESHOLDS = (0.01, 0.05, 0.1, 0.25)
 OUTLIER_RATIO = 6.0  # an input column is an outlier when its L2 norm exceeds this multiple of the median column norm
 
@@ -52,12 +54,12 @@ def weight_stats(W: torch.Tensor) -> dict[str, float]:
     rms = W.pow(2).mean(dim=1, keepdim=True).sqrt()
     stats = {"zero_frac": torch.count_nonzero(W == 0).item() / n}
     for t in NEAR_ZERO_THRESHOLDS:
-        stats[f"near_zero_frac@{t:g}"] = torch.count_nonzero(A <= t * rms).item() / n
+        stats[Metric("near_zero_frac", t).label] = torch.count_nonzero(A <= t * rms).item() / n
     col_norms = W.norm(dim=0)
     stats |= _spread(W.norm(dim=1), "row_norm") | _spread(col_norms, "col_norm")
     n_outliers = torch.count_nonzero(col_norms > OUTLIER_RATIO * torch.quantile(col_norms, 0.5)).item()
-    stats[f"outlier_cols@{OUTLIER_RATIO:g}"] = float(n_outliers)
-    stats[f"outlier_col_frac@{OUTLIER_RATIO:g}"] = n_outliers / W.shape[1]
+    stats[Metric("outlier_cols", OUTLIER_RATIO).label] = float(n_outliers)
+    stats[Metric("outlier_col_frac", OUTLIER_RATIO).label] = n_outliers / W.shape[1]
     stats["nm24_kept_l1"], stats["nm24_kept_l2"] = nm_readiness(W)
     return stats
 
@@ -71,8 +73,8 @@ def weight_table(named_weights: Iterable[tuple[int, str, torch.Tensor]], note: s
     rows = []
     for layer, site, W in named_weights:
         for key, value in weight_stats(W).items():
-            metric, _, t = key.partition("@")
-            rows.append((layer, site, metric, float(t) if t else float("nan"), value, W.numel()))
+            m = Metric.parse(key)
+            rows.append((layer, site, m.name, m.threshold, value, W.numel()))
     df = pd.DataFrame(rows, columns=["layer", "site", "metric", "threshold", "value", "n_params"])
     df.attrs["note"] = note
     return df

@@ -5,22 +5,22 @@ The CLI loads, evaluates and stores; this module only shapes tables and the HTML
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
-import plotly.express as px
 import torch
 
 from sparsescope.errors import UserError
-from sparsescope.harvest.page import html_page
 from sparsescope.models.loading import LoadedModel
-from sparsescope.weights import sensitivity as sens
+from sparsescope.record.metrics import Metric
 from sparsescope.weights.stats import weight_stats, weight_table
 
-METRICS = tuple(weight_stats(torch.eye(4, 8)).keys())  # e.g. zero_frac, near_zero_frac@0.1, nm24_kept_l2
+WEIGHT_METRICS = tuple(weight_stats(torch.eye(4, 8)).keys())  # e.g. zero_frac, near_zero_frac@0.1, nm24_kept_l2
 
 
 def check_metric(metric: str) -> None:
-    if metric not in METRICS:
-        raise UserError(f"unknown weight metric {metric!r}; use one of {', '.join(METRICS)}")
+    if metric not in WEIGHT_METRICS:
+        raise UserError(f"unknown weight metric {metric!r}; use one of {', '.join(WEIGHT_METRICS)}")
 
 
 def stats_table(lm: LoadedModel) -> pd.DataFrame:
@@ -37,24 +37,9 @@ def stats_table(lm: LoadedModel) -> pd.DataFrame:
 def grid(table: pd.DataFrame, metric: str) -> pd.DataFrame:
     """One metric as a layers × weight sites frame (sites in the model's order)."""
     check_metric(metric)
-    name, _, t = metric.partition("@")
-    rows = table[(table["metric"] == name) & ((table["threshold"] == float(t)) if t else table["threshold"].isna())]
+    m = Metric.parse(metric)
+    same = table["threshold"].isna() if math.isnan(m.threshold) else table["threshold"] == m.threshold
+    rows = table[(table["metric"] == m.name) & same]
     return rows.pivot(index="layer", columns="site", values="value")[list(dict.fromkeys(rows["site"]))]
 
 
-def page(manifest: dict, tables: dict[str, pd.DataFrame], metric: str, tolerance: float) -> str:
-    """The run's HTML page: weight-statistic heatmap and grid, then sensitivity curves, knees and rows if measured."""
-    g = grid(tables["weights"], metric)
-    heat = px.imshow(g, aspect="auto", color_continuous_scale="Viridis", labels={"color": metric},
-                     title=f"{metric} per layer and weight site")
-    facts = {"model": manifest.get("model"), "revision": manifest.get("model_revision"),
-             "weights": manifest.get("weights_note"), "created": manifest.get("created")}
-    parts: list = [heat, f"{metric} (layers × weight sites)", g.reset_index()]
-    if "sensitivity" in tables:
-        s, k = tables["sensitivity"], tables["knees"]
-        parts += [sens.figure(s, k, tolerance)]
-        if (s["layer"] != sens.ALL_LAYERS).any():
-            parts += [sens.layer_figure(s)]
-        parts += [f"Essential sparsity: largest sparsity with Δppl/ppl ≤ {tolerance:.1%} (linear between points)", k,
-                  "Sensitivity measurements", s]
-    return html_page(f"sparsescope weights — {manifest.get('model')} ({manifest.get('run_id')})", facts, parts)

@@ -1,4 +1,5 @@
-"""Energy and operation counts of one linear layer as dense, input-sparse, spiking or low-bit quantized.
+"""The cost model: energy, bytes and operations of one linear layer as dense, input-sparse, spiking or low-bit
+quantized. Spiking (`spiking.stats`), the head-to-head (`harvest.compare`) and the planner price their rows here.
 
 Compute figures are the 45 nm numbers of M. Horowitz, "Computing's energy problem (and what we can do about
 it)", ISSCC 2014 (the figures the SNN literature quotes): fp32 add 0.9 pJ, mult 3.7 pJ (MAC 4.6 pJ); fp16 add
@@ -41,9 +42,8 @@ from dataclasses import dataclass, replace
 import pandas as pd
 
 from sparsescope.errors import UserError
-from sparsescope.spiking.coding import CODINGS
-
-METHODS = ("dense", "sparse", "spiking", "quantized")
+COST_METHODS = ("dense", "sparse", "spiking", "quantized")
+CODINGS = ("binary", "ternary", "bitwise")  # the spike codings priced here; `spiking.coding` implements them
 
 
 @dataclass(frozen=True)
@@ -130,8 +130,8 @@ def comparator_bits(c: LinearCost) -> int:
 
 def bytes_moved(c: LinearCost, method: str) -> dict[str, float]:
     """Bytes read or written for the layer: ``weight_bytes``, ``act_bytes`` (table in the module docstring)."""
-    if method not in METHODS:
-        raise UserError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+    if method not in COST_METHODS:
+        raise UserError(f"unknown method {method!r}; use one of {', '.join(COST_METHODS)}")
     density = 1.0 if method == "dense" else c.input_density
     weight_bits = density * c.in_features * c.out_features * c.weight_bits
     if method == "spiking":
@@ -166,7 +166,7 @@ def energy(c: LinearCost, method: str, constants: EnergyConstants = PRESETS["fp3
 def cost_table(
     costs: list[LinearCost],
     constants: EnergyConstants = PRESETS["fp32"],
-    methods: tuple[str, ...] = METHODS,
+    methods: tuple[str, ...] = COST_METHODS,
 ) -> pd.DataFrame:
     """Tidy table: one row per layer and method, plus a ``total`` row per method.
 

@@ -1,4 +1,4 @@
-"""One self-contained HTML page (plotly.js inlined once) from headings, tables and figures, for harvest runs."""
+"""One self-contained HTML page (plotly.js inlined once) from facts, headings, tables and figures."""
 
 from __future__ import annotations
 
@@ -7,7 +7,15 @@ import html
 import pandas as pd
 import plotly.graph_objects as go
 
-from sparsescope.report import PAGE
+PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;padding:0 1em}}
+table{{border-collapse:collapse;font-size:90%}}td,th{{padding:2px 8px;text-align:right}}
+pre{{background:#f6f6f6;padding:1em;overflow:auto}}</style></head>
+<body><h1>{title}</h1>
+{body}
+</body></html>
+"""
 
 
 def html_page(title: str, facts: dict[str, object], parts: list[str | pd.DataFrame | go.Figure]) -> str:

@@ -1,16 +1,20 @@
-"""Fake quantization (quantize, then dequantize back to float) of weights and activations.
+"""The ``quant`` (weights) and ``act_quant`` (inputs) levers: fake quantization (quantize, then dequantize back
+to float) of weights and activations.
 
 Integer formats are symmetric absmax without a zero-point: q = clamp(round(w / scale), -qmax, qmax),
 qmax = 2^(bits-1) - 1 (127 for int8, 7 for int4; the most negative code is unused), scale = absmax / qmax
 over the scale's block. Blocks whose absmax is 0 dequantize to 0.
 """
 
+from __future__ import annotations
+
 import math
 
 import torch
 
 from sparsescope.errors import UserError
-from sparsescope.weights._checks import check_weight
+from sparsescope.intervene import LinearContext, Lever, register_lever
+from sparsescope.levers._checks import check_weight
 
 SUPPORTED_BITS = (8, 4)
 GRANULARITIES = ("per_channel", "group")
@@ -93,3 +97,69 @@ def bytes_per_param(
             f"bytes_per_param: granularity={granularity!r} is unknown; choose one of {list(GRANULARITIES)}"
         )
     return (bits + scale_bits / block) / 8
+
+
+WEIGHT_FORMATS = (8, 4, "ternary", "fp16")
+ACT_FORMATS = (8, 4, "fp16")
+TERNARY_BITS = 2  # a ternary weight is stored in 2 bits (as BitNet b1.58 CPU kernels do), plus one fp16 scale
+SCALE_BITS = 16
+
+
+class QuantLever(Lever):
+    """Fake-quantizes the weight; ``weight_bits`` is the code width, ``bits_per_param`` adds the scales."""
+
+    def __init__(self, ctx: LinearContext, bits: int | str, granularity: str, group_size: int):
+        self.bits, self.granularity, self.group_size = bits, granularity, group_size
+        if bits == "fp16":
+            self.weight_bits, self.bits_per_param = 16, 16.0
+        elif bits == "ternary":
+            self.weight_bits = TERNARY_BITS
+            self.bits_per_param = TERNARY_BITS + SCALE_BITS / (ctx.in_features * ctx.out_features)
+        else:
+            self.weight_bits = bits
+            self.bits_per_param = 8 * bytes_per_param(bits, granularity, group_size, SCALE_BITS, ctx.in_features)
+
+    def transform_weight(self, w: torch.Tensor) -> torch.Tensor:
+        if self.bits == "fp16":
+            return w.half().to(w.dtype)
+        if self.bits == "ternary":
+            return ternary(w)
+        return quantize_weight(w, self.bits, self.granularity, self.group_size)
+
+
+@register_lever("quant")
+def quant(ctx: LinearContext, bits: int | str = 8, granularity: str = "per_channel",
+          group_size: int = 64) -> QuantLever:
+    """Symmetric absmax int8/int4 weights (one scale per output row or per ``group_size`` inputs), ternary or fp16.
+
+    SmolLM2's widths (576, 1536) need ``group_size`` 64 or 32; 128 divides neither 576 nor 192.
+    """
+    if bits not in WEIGHT_FORMATS:
+        raise UserError(f"quant: bits={bits!r} is not supported; choose one of {', '.join(map(str, WEIGHT_FORMATS))}")
+    if isinstance(bits, int):
+        if granularity not in ("per_channel", "group"):
+            raise UserError(f"quant: granularity={granularity!r} is unknown; use per_channel or group")
+        if granularity == "group" and (group_size < 1 or ctx.in_features % group_size):
+            raise UserError(f"quant {ctx.name}: group_size={group_size} does not divide in_features="
+                            f"{ctx.in_features}; use a divisor such as {math.gcd(ctx.in_features, group_size)}, "
+                            "or granularity per_channel")
+    return QuantLever(ctx, bits, granularity, group_size)
+
+
+class ActQuantLever(Lever):
+    """Fake-quantizes the linear's input per token (int8/int4 absmax) or rounds it to fp16."""
+
+    def __init__(self, bits: int | str):
+        self.bits = bits
+        self.act_bits = 16 if bits == "fp16" else bits
+
+    def transform_input(self, x: torch.Tensor) -> torch.Tensor:
+        return x.half().to(x.dtype) if self.bits == "fp16" else quantize_activation(x, self.bits)
+
+
+@register_lever("act_quant")
+def act_quant(ctx: LinearContext, bits: int | str = 8) -> ActQuantLever:
+    """Per-token activation quantization of the linear's input."""
+    if bits not in ACT_FORMATS:
+        raise UserError(f"act_quant: bits={bits!r} is not supported; choose one of {', '.join(map(str, ACT_FORMATS))}")
+    return ActQuantLever(bits)
