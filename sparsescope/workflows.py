@@ -136,6 +136,7 @@ def scan(store: RunStore, opts: ScanOptions, resume: str | None = None, load: Ca
     view = f"matched {config.window}-token windows" if config.window else "UNMATCHED whole prompts"
     announce(f"run [bold]{run.run_id}[/]: {len(recorder.targets)} sites × {len(recorder.metrics)} metrics, "
              f"{len(todo)} suites to record ({len(done)} already done), {total} tokens, {view}")
+    start = time.perf_counter()
     try:
         recorder.run(todo, run_id=run.run_id, progress=lambda n: progress(n, total),
                      on_suite=lambda key, part: run.write_part(
@@ -146,6 +147,9 @@ def scan(store: RunStore, opts: ScanOptions, resume: str | None = None, load: Ca
     except BaseException as e:  # Ctrl-C or a failure: keep the finished suites, say how to resume
         run.mark_incomplete(f"interrupted: {type(e).__name__}")
         raise
+    seconds = time.perf_counter() - start  # this session's recording (a resumed run times only what it recorded)
+    run.manifest["throughput"] = {"tokens": total, "seconds": round(seconds, 3),
+                                  "tokens_per_s": round(total / max(seconds, 1e-9), 1)}
     run.finalize()
     return run
 
