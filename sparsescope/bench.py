@@ -7,14 +7,17 @@ process's peak RSS and import caches only go up.
 
 from __future__ import annotations
 
+import dataclasses
+import gc
 import json
+import math
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 
 import torch
@@ -23,23 +26,39 @@ from sparsescope.errors import UserError, check_whole
 from sparsescope.models import load_model
 from sparsescope.models.loading import EMBEDDED
 from sparsescope.probes import load_suites
+from sparsescope.kernels.stats import kernel as stats_kernel
 from sparsescope.record import RecordConfig, Recorder
 
 
-def record_overhead(model: str = "smollm2-135m", suite: str = "prose", repeats: int = 3,
-                    presets: dict[str, str | None] | None = None) -> dict:
-    """Median time of a full recording vs a plain forward over the same batches; one ratio per metric preset."""
+SORT_FREE = "zero_frac,near_zero_frac,hoyer,delta_frac"  # every default metric but the energy ones (mass, teal)
+
+
+def record_overhead(model: str = "smollm2-135m", suite: str = "prose", repeats: int = 3, n_prompts: int | None = None,
+                    torch_path: bool = False) -> dict:
+    """Median time of recording vs a plain forward over the same batches, interleaved in one process.
+
+    Sides: the plain forward, recording all default metrics (every site, neurons, logits, tables included), the
+    sort-free subset (no mass_density / teal_sparsity), and with ``torch_path`` all metrics through the pure-torch
+    twin of the kernel. ``load`` is the 1-minute load average before and after: ratios are only comparable on
+    an idle machine, but both sides of a ratio share whatever load there was.
+    """
     check_whole(repeats, "repeats", 1, "medians need at least one repeat; pass e.g. --repeats 3")
     lm = load_model(model)
     s = load_suites([suite], tokenizer=lm.tokenizer)[0]
-    presets = presets or {"all metrics": None, "no-sort metrics": "zero_frac,near_zero_frac,hoyer"}
-    recorders = {name: Recorder(lm, RecordConfig(metrics=spec, window=0)) for name, spec in presets.items()}
+    if n_prompts:
+        s.prompts = s.prompts[:n_prompts]
+    sides = {"all metrics": RecordConfig(window=0), "sort-free": RecordConfig(metrics=SORT_FREE, window=0)}
+    if torch_path:
+        sides["all metrics, torch path"] = RecordConfig(kernels=False, window=0)
+    recorders = {name: Recorder(lm, cfg) for name, cfg in sides.items()}
     first = next(iter(recorders.values()))
     batches = [(x, m.long()) for _, x, m in first.batches(first.tokenize(s.texts))]
     n_tokens = sum(int(m.sum()) for _, m in batches)
     times: dict[str, list[float]] = {"plain forward": [], **{k: [] for k in recorders}}
-    for x, m in batches[:1]:
-        lm.forward(x, m)  # warm-up
+    load = [os.getloadavg()[0]]
+    lm.forward(*batches[0])  # warm-up, and the kernel is built or loaded before any timing
+    for rec in recorders.values():
+        rec.record_suite(type(s)(s.name, s.split, s.prompts[:1], s.source, s.license))
     for _ in range(repeats):
         t = time.perf_counter()
         for x, m in batches:
@@ -49,9 +68,10 @@ def record_overhead(model: str = "smollm2-135m", suite: str = "prose", repeats: 
             t = time.perf_counter()
             rec.record_suite(s)
             times[name].append(time.perf_counter() - t)
+    load.append(os.getloadavg()[0])
     med = {k: statistics.median(v) for k, v in times.items()}
-    return {"tokens": n_tokens, "sites": len(next(iter(recorders.values())).targets),
-            "seconds": med, "ratio": {k: med[k] / med["plain forward"] for k in recorders}}
+    return {"tokens": n_tokens, "sites": len(first.targets), "seconds": med, "load": load,
+            "ratio": {k: med[k] / med["plain forward"] for k in recorders}, "kernel": stats_kernel() is not None}
 
 
 def _child(args: list[str], env: dict | None = None) -> dict:
@@ -67,25 +87,38 @@ def _child(args: list[str], env: dict | None = None) -> dict:
     return result
 
 
-MEMORY_METRICS = "zero_frac,near_zero_frac,hoyer,delta_frac"  # all sites + neurons; sort buffers are per batch anyway
-
-
 def memory(model: str = "smollm2-135m", suite: str = "prose", factor: int = 10) -> dict:
-    """Peak RSS of recording 10 prompts vs ``factor`` × as many tokens (all sites, neurons), fresh processes."""
+    """The recorder's own memory for 10 prompts vs the same 10 prompts each ``factor`` × as long (all default
+    metrics, every site, neurons), each in a fresh process: its streaming state, the Python allocations
+    (tracemalloc peak) and the RSS growth over the run after a warm-up forward (not the process's peak)."""
     check_whole(factor, "factor", 2)
     small = _child(["_memory", model, suite, "1"])
     large = _child(["_memory", model, suite, str(factor)])
-    return {"1x": small, f"{factor}x": large, "ratio": large["peak_rss_mb"] / small["peak_rss_mb"],
-            "growth_mb": large["peak_rss_mb"] - small["peak_rss_mb"]}
+    return {"1x": small, f"{factor}x": large, "factor": factor,
+            "ratio": {k: large[k] / small[k] if small[k] else math.nan for k in small}}
+
+
+def _rss_mb() -> float:
+    """Resident set size now (Linux /proc), in MB."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def _memory_child(model: str, suite: str, repeat: int) -> dict:
     lm = load_model(model)
     s = load_suites([suite], tokenizer=lm.tokenizer)[0]
-    s.prompts = s.prompts[:10] * repeat
-    run = Recorder(lm, RecordConfig(metrics=MEMORY_METRICS, window=0)).record_suite(s)
+    s.prompts = [dataclasses.replace(p, text=" ".join([p.text] * repeat)) for p in s.prompts[:10]]
+    rec = Recorder(lm, RecordConfig(max_tokens=4096, batch_size=10, window=0))
+    warm = rec.record_suite(type(s)(s.name, s.split, s.prompts[:1], s.source, s.license))  # kernel, allocator pools
+    del warm
+    gc.collect()
+    rss0 = _rss_mb()
+    tracemalloc.start()
+    run = rec.record_suite(s)
+    py_peak = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
     return {"tokens": int(run.prompts[run.prompts.metric == "nll"].n_tokens.sum() + len(s.prompts)),
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "state_mb": rec.state_bytes / 2**20, "python_peak_mb": py_peak, "rss_growth_mb": _rss_mb() - rss0}
 
 
 def load_time(model: str = "smollm2-135m") -> dict:

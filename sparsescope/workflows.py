@@ -166,12 +166,16 @@ def _scan(store: RunStore, opts: ScanOptions, resume: str | None, load: Callable
     view = f"matched {config.window}-token windows" if config.window else "UNMATCHED whole prompts"
     announce(f"run [bold]{run.run_id}[/]: {len(recorder.targets)} sites × {len(recorder.metrics)} metrics, "
              f"{len(todo)} suites to record ({len(done)} already done), {total} tokens, {view}")
+    start = time.perf_counter()
     recorder.run(todo, run_id=run.run_id, progress=lambda n: progress(n, total),
                  on_suite=lambda key, part: run.write_part(
                      key, {"activations": part.activations, "prompts": part.prompts, "neurons": part.neurons}))
     tasks = [s for s in suite_objs if any(p.answer for p in s.prompts)]
     if tasks and ANSWERS not in done:  # difficulty ladders: the model's own accuracy per level
         run.write_part(ANSWERS, {ANSWERS: answer_accuracy(lm, tasks)})
+    seconds = time.perf_counter() - start  # this session's recording (a resumed run times only what it recorded)
+    run.manifest["throughput"] = {"tokens": total, "seconds": round(seconds, 3),
+                                  "tokens_per_s": round(total / max(seconds, 1e-9), 1)}
     run.finalize()
     return run
 

@@ -25,9 +25,10 @@ import torch
 
 from sparsescope.errors import UserError, check_whole
 from sparsescope.models.loading import LoadedModel
+from sparsescope.kernels.stats import site_values
 from sparsescope.models.sites import layer_list, parse_site, site_list
 from sparsescope.probes import as_suites, unique_suites
-from sparsescope.record.metrics import FIRE_T, Metric, delta_frac, parse_metrics, token_metrics
+from sparsescope.record.metrics import FIRE_T, Metric, parse_metrics, stats_spec
 
 PATTERN = "attn.hook_pattern"
 LOGITS_LAYER, LOGITS_SITE = -1, "logits"
@@ -45,6 +46,7 @@ class RecordConfig:
     neurons: bool = True  # also the per-neuron `neurons` table (fire_freq, mean_abs)
     logits: bool = True  # also per-prompt nll / max_prob / nll_per_byte rows (site "logits"): detector baselines
     window: int = 32  # tokens per prompt that count, at matched positions after the shared prefix; 0 = unmatched
+    kernels: bool = True  # the fused C++ statistics kernel when it builds; False: its pure-torch twin (same numbers)
 
     def __post_init__(self) -> None:  # accept what a user naturally passes: "mlp.hook_post", 3, "0,5,10-12"
         self.sites, self.layers = site_list(self.sites), layer_list(self.layers)
@@ -65,15 +67,28 @@ class Recording:
 
 
 class _SiteStats:
-    """Streaming sums for one (layer, site) over one suite."""
+    """Streaming sums for one (layer, site) over one suite, on the activations' device.
 
-    def __init__(self, n_prompts: int, n_metrics: int, n_delta: int):
-        self.sums = torch.zeros(n_prompts, n_metrics, dtype=torch.float64)
-        self.counts = torch.zeros(n_prompts, dtype=torch.float64)
-        self.delta_sums = torch.zeros(n_prompts, n_delta, dtype=torch.float64)
-        self.delta_counts = torch.zeros(n_prompts, dtype=torch.float64)
+    ``acc`` ``[prompts + 1, width]`` sums the fused kernel's per-token rows (static metrics, delta values, ok / bad /
+    delta-ok counts) per prompt; the extra last row absorbs padding. ``fire`` and ``abs_sum`` count per neuron.
+    """
+
+    def __init__(self, n_prompts: int, width: int):
+        self.n_prompts, self.width = n_prompts, width
+        self.acc: torch.Tensor | None = None
         self.fire: torch.Tensor | None = None
         self.abs_sum: torch.Tensor | None = None
+
+    def add(self, vals: torch.Tensor, index: torch.Tensor) -> None:
+        if self.acc is None:
+            self.acc = torch.zeros(self.n_prompts + 1, self.width, dtype=torch.float64, device=vals.device)
+        self.acc.index_add_(0, index, vals.reshape(-1, self.width))
+
+    def neuron_buffers(self, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.fire is None:
+            self.fire = torch.zeros(n, dtype=torch.float64, device=device)
+            self.abs_sum = torch.zeros(n, dtype=torch.float64, device=device)
+        return self.fire, self.abs_sum
 
 
 class Recorder:
@@ -87,6 +102,9 @@ class Recorder:
         self.metrics = parse_metrics(self.config.metrics)
         self.static = [m for m in self.metrics if m.name != "delta_frac"]
         self.delta_t = [m.threshold for m in self.metrics if m.name == "delta_frac"]
+        self.spec, self.pattern_spec = stats_spec(self.metrics), stats_spec(self.metrics, delta=False)
+        self._kernel = None if self.config.kernels else False  # None: the kernel where it is available
+        self.state_bytes = 0  # bytes of the last suite's streaming sums (prompts × sites, never tokens)
         self.targets = self._targets()
         self.max_len = min(self.config.max_tokens, lm.context)
 
@@ -202,7 +220,8 @@ class Recorder:
         end = [start + self.config.window if self.config.window else n for n in lengths]
         ids = [ids[k][: end[k]] for k in kept]
         n_prompts = len(ids)
-        stats = {key: _SiteStats(n_prompts, len(self.static), len(self.delta_t)) for key in self.targets}
+        stats = {key: _SiteStats(n_prompts, (self.pattern_spec if key[1] == PATTERN else self.spec).width)
+                 for key in self.targets}
         logit_sums = torch.zeros(n_prompts, 2, dtype=torch.float64)
         logit_counts = torch.zeros(n_prompts, dtype=torch.float64)
         handles = []
@@ -211,8 +230,12 @@ class Recorder:
             for key in self.targets:
                 handles.append(self.lm.sites.attach(*key, self._observer(key, stats[key], batch)))
             for rows, input_ids, valid in self.batches(ids):
+                rows_t = torch.tensor(rows)
                 count = valid & (torch.arange(valid.shape[1]) >= start)  # the tokens whose values count
-                batch.update(valid=valid, count=count, rows=torch.tensor(rows))
+                owner = torch.where(count, rows_t[:, None], -1)  # prompt of each counted token, -1 otherwise
+                batch.clear()
+                batch.update(valid=valid, count=count, rows=rows_t,
+                             cpu=(owner, torch.where(count, owner, n_prompts).flatten()))
                 logits = self.lm.forward(input_ids, valid.long())
                 if self.config.logits and logits is not None and self.lm.causal:
                     self._logit_stats(logits, input_ids, count, batch["rows"], logit_sums, logit_counts)
@@ -222,12 +245,12 @@ class Recorder:
             for h in handles:
                 h.remove()
             batch.clear()
+        self.state_bytes = sum(t.nbytes for st in stats.values() for t in (st.acc, st.fire, st.abs_sum) if t is not None)
         prompts = [suite.prompts[k] for k in kept]
         per_prompt = dict(prompt_tokens=np.array([lengths[k] for k in kept]), window_start=start,
                           window=self.config.window)
         if self.config.logits and logit_counts.sum() > 0:
             nbytes = [self._target_bytes(p.text, len(i), max(start, 1), len(i)) for p, i in zip(prompts, ids)]
-            logit_sums = torch.cat([logit_sums, logit_sums[:, :1]], 1)
             logit_bytes = torch.tensor(nbytes, dtype=torch.float64)
         else:
             logit_bytes = None
@@ -238,52 +261,32 @@ class Recorder:
 
         @torch.no_grad()
         def observe(t: torch.Tensor) -> None:
-            valid, count, rows = batch["valid"], batch["count"], batch["rows"]
             if site == PATTERN:
-                self._observe_pattern(t, valid, count, rows, st)
+                self._observe_pattern(t, batch, st)
                 return
+            valid = batch["valid"]
             x = t.reshape(valid.shape[0], valid.shape[1], -1)  # also [B·T, d] (OPT flattens inside its MLP)
-            flat = x[count]
-            lengths = count.sum(1)
-            owner = rows.repeat_interleave(lengths)
-            if self.static:
-                st.sums.index_add_(0, owner, token_metrics(flat, self.static).double())
-            st.counts.index_add_(0, rows, lengths.double())
-            if self.delta_t:
-                d = delta_frac(x, self.delta_t)
-                dvalid = count.clone()
-                dvalid[:, 0] = False
-                st.delta_sums.index_add_(0, rows, (d * dvalid[..., None]).sum(1).double())
-                st.delta_counts.index_add_(0, rows, dvalid.sum(1).double())
-            if self.config.neurons:
-                a = flat.float().abs()
-                rms = a.pow(2).mean(1, keepdim=True).sqrt()
-                fire = (a > FIRE_T * rms).sum(0).double()
-                if st.fire is None:
-                    st.fire, st.abs_sum = fire, a.sum(0).double()
-                else:
-                    st.fire += fire
-                    st.abs_sum += a.sum(0).double()
+            owner, index = _on_device(batch, x.device)
+            fire, abs_sum = st.neuron_buffers(x.shape[-1], x.device) if self.config.neurons else (None, None)
+            st.add(site_values(x[:, :, None], owner, self.spec, fire=fire, abs_sum=abs_sum, use_kernel=self._kernel),
+                   index)
 
         return observe
 
-    def _observe_pattern(self, p: torch.Tensor, valid: torch.Tensor, count: torch.Tensor, rows: torch.Tensor,
-                         st: _SiteStats) -> None:
+    def _observe_pattern(self, p: torch.Tensor, batch: dict, st: _SiteStats) -> None:
         """Attention rows: each (query, head) row over the keys the query can see; a token's value is the mean over
         heads. Counted queries only; the first query of a causal model sees one key and is skipped (a 1-entry row
         has no sparsity)."""
         b, h, q, k = p.shape
+        valid, count, rows = batch["valid"], batch["count"], batch["rows"]
         keys = valid[:, None, :k].expand(b, q, k)
         if self.lm.causal:
             keys = keys & torch.ones(q, k, dtype=torch.bool).tril()[None]
         queries = count[:, :q] & (keys.sum(-1) >= 2)
-        x = p.permute(0, 2, 1, 3)[queries]  # [Nq, H, K]
-        mask = keys[queries][:, None, :].expand(-1, h, -1)
-        if self.static:
-            vals = token_metrics(x.reshape(-1, k), self.static, mask.reshape(-1, k)).reshape(-1, h, len(self.static))
-            owner = rows.repeat_interleave(queries.sum(1))
-            st.sums.index_add_(0, owner, vals.mean(1).double())
-        st.counts.index_add_(0, rows, queries.sum(1).double())
+        owner = torch.where(queries, rows[:, None], -1)
+        index = torch.where(queries, owner, st.n_prompts).flatten()
+        keys, owner, index = (v.to(p.device) for v in (keys, owner, index))
+        st.add(site_values(p.permute(0, 2, 1, 3), owner, self.pattern_spec, mask=keys, use_kernel=self._kernel), index)
 
     @staticmethod
     def _logit_stats(logits, input_ids, count, rows, sums, counts) -> None:
@@ -302,33 +305,48 @@ class Recorder:
                 logit_bytes) -> Recording:
         base = dict(run_id=run_id, model=self.lm.name, suite=suite.name, split=suite.split, level=int(suite.level))
         prompt_ids = np.array([p.id for p in prompts], dtype=object)
-        prompt_frames, split_rows, neuron_frames = [], [], []
+        n_prompts, m = len(prompt_ids), len(self.static)
+        blocks, split_rows, neuron_frames, nonfinite = [], [], [], []
         for (layer, site), st in stats.items():
-            cols = [(m, st.sums[:, i], st.counts) for i, m in enumerate(self.static)]
-            if site != PATTERN:
-                cols += [(Metric("delta_frac", t), st.delta_sums[:, i], st.delta_counts) for i, t in enumerate(self.delta_t)]
-            for m, s, c in cols:
-                prompt_frames.append(_prompt_frame(prompt_ids, layer, site, m, s, c))
-                total = float(c.sum())
-                split_rows.append(dict(layer=layer, site=site, metric=m.name, threshold=m.threshold,
-                                       value=float(s.sum()) / total if total else math.nan, n_tokens=int(total)))
+            acc = st.acc[:n_prompts].cpu().numpy() if st.acc is not None else np.zeros((n_prompts, st.width))
+            d = st.width - m - 3
+            ok, bad, delta_ok = acc[:, m + d], acc[:, m + d + 1], acc[:, m + d + 2]
+            metrics = self.static + [Metric("delta_frac", t) for t in self.delta_t[:d]]
+            counts = np.concatenate([np.repeat(ok[:, None], m, 1), np.repeat(delta_ok[:, None], d, 1)], 1)
+            blocks.append((layer, site, metrics, acc[:, : m + d], counts))
+            totals, sums = counts.sum(0), acc[:, : m + d].sum(0)
+            split_rows += [dict(layer=layer, site=site, metric=mt.name, threshold=mt.threshold,
+                                value=sums[i] / totals[i] if totals[i] else math.nan, n_tokens=int(totals[i]))
+                           for i, mt in enumerate(metrics)]
+            if bad.sum() > 0:  # NaN/inf tokens: left out of every metric above, reported here
+                n_seen = float(ok.sum() + bad.sum())
+                split_rows.append(dict(layer=layer, site=site, metric="nonfinite_frac", threshold=math.nan,
+                                       value=float(bad.sum()) / n_seen, n_tokens=int(n_seen)))
+                nonfinite.append(f"blocks.{layer}.{site}")
             if st.fire is not None:
-                n_tok = float(st.counts.sum())
-                freq = (st.fire / n_tok).numpy()
+                n_tok = float(ok.sum())
+                fire = st.fire.cpu().numpy()
+                freq = fire / n_tok
                 split_rows += [dict(layer=layer, site=site, metric="dead_frac", threshold=FIRE_T,
-                                    value=float((st.fire == 0).double().mean()), n_tokens=int(n_tok)),
+                                    value=float((fire == 0).mean()), n_tokens=int(n_tok)),
                                dict(layer=layer, site=site, metric="dense_frac", threshold=FIRE_T,
                                     value=float((freq > 0.5).mean()), n_tokens=int(n_tok))]
-                neuron_frames.append(_neuron_frame(layer, site, freq, (st.abs_sum / n_tok).numpy()))
+                neuron_frames.append(_neuron_frame(layer, site, freq, st.abs_sum.cpu().numpy() / n_tok))
+        if nonfinite:
+            warnings.warn(f"suite {suite.name!r}: NaN/inf activations at {len(nonfinite)} site(s) "
+                          f"({', '.join(nonfinite[:3])}{', ...' if len(nonfinite) > 3 else ''}); those tokens are left "
+                          "out of their metrics and counted as metric nonfinite_frac")
         if self.config.logits and logit_counts.sum() > 0:
-            for i, name in enumerate(("nll", "max_prob", "nll_per_byte")):
-                divisor = logit_bytes if name == "nll_per_byte" else logit_counts
-                frame = _prompt_frame(prompt_ids, LOGITS_LAYER, LOGITS_SITE, Metric(name), logit_sums[:, i], divisor)
-                prompt_frames.append(frame.assign(n_tokens=logit_counts.numpy().astype(np.int64)))
-        n_frames = len(prompt_frames)
-        table = pd.concat(prompt_frames, ignore_index=True)
+            counts = logit_counts.numpy()
+            with np.errstate(invalid="ignore", divide="ignore"):  # nll_per_byte = nll sum / bytes, n_tokens = tokens
+                per_byte = np.where(logit_bytes.numpy() > 0, logit_sums[:, 0].numpy() / logit_bytes.numpy(), np.nan)
+            sums = np.column_stack([logit_sums.numpy(), per_byte * counts])
+            blocks.append((LOGITS_LAYER, LOGITS_SITE, [Metric("nll"), Metric("max_prob"), Metric("nll_per_byte")],
+                           sums, np.repeat(counts[:, None], 3, 1)))
+        table = _prompt_frame(prompt_ids, blocks)
         for k, v in reversed(base.items()):
             table.insert(0, k, v)
+        n_frames = len(table) // max(len(prompt_ids), 1)
         sources = [getattr(p, "source", "") or f"{p.suite}/{p.id}" for p in prompts]
         table = table.assign(source_id=np.tile(np.array(sources, dtype=object), n_frames),
                              prompt_tokens=np.tile(per_prompt["prompt_tokens"], n_frames).astype(np.int64),
@@ -366,12 +384,29 @@ _PROMPT_COLUMNS = ["run_id", "model", "suite", "split", "level", "prompt_id", "l
                    "value", "n_tokens", "source_id", "prompt_tokens", "window_start", "window"]
 
 
-def _prompt_frame(prompt_ids, layer: int, site: str, m: Metric, sums, counts) -> pd.DataFrame:
-    c = counts.numpy()
+def _prompt_frame(prompt_ids: np.ndarray, blocks: list) -> pd.DataFrame:
+    """One row per (block, metric, prompt) from ``(layer, site, metrics, sums [P, K], counts [P, K])`` blocks, built
+    as whole columns (a frame per metric and site would cost more than the recording)."""
+    n = len(prompt_ids)
+    sizes = [len(b[2]) * n for b in blocks]
+    sums = np.concatenate([b[3].T.ravel() for b in blocks])
+    counts = np.concatenate([b[4].T.ravel() for b in blocks])
     with np.errstate(invalid="ignore", divide="ignore"):
-        value = np.where(c > 0, sums.numpy() / c, np.nan)
-    return pd.DataFrame(dict(prompt_id=prompt_ids, layer=layer, site=site, metric=m.name, threshold=m.threshold,
-                             value=value, n_tokens=c.astype(np.int64)))
+        value = np.where(counts > 0, sums / counts, np.nan)
+    metrics = [mt for b in blocks for mt in b[2]]
+    return pd.DataFrame(dict(prompt_id=np.tile(prompt_ids, len(metrics)),
+                             layer=np.repeat([b[0] for b in blocks], sizes).astype(np.int64),
+                             site=np.repeat(np.array([b[1] for b in blocks], dtype=object), sizes),
+                             metric=np.repeat(np.array([mt.name for mt in metrics], dtype=object), n),
+                             threshold=np.repeat([mt.threshold for mt in metrics], n).astype(np.float64),
+                             value=value, n_tokens=counts.astype(np.int64)))
+
+
+def _on_device(batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch's ``(owner [B, T], index [B·T])`` on ``device``, moved once per batch and device."""
+    if device not in batch:
+        batch[device] = tuple(v.to(device) for v in batch["cpu"])
+    return batch[device]
 
 
 def _neuron_frame(layer: int, site: str, freq: np.ndarray, mean_abs: np.ndarray) -> pd.DataFrame:
