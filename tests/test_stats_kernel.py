@@ -173,12 +173,12 @@ def test_scan_with_kernel_equals_scan_without(monkeypatch):
     """Every site of a tiny Llama (attention patterns included), all default metrics: the env switch
     SPARSESCOPE_NO_KERNELS=1 (pure torch) and the kernel give the same tables within 1e-6."""
     lm = tiny_model("llama")
-    with_kernel = Recorder(lm, RecordConfig(batch_size=3)).record_suite(suite())
+    with_kernel = Recorder(lm, RecordConfig(batch_size=3, window=0)).record_suite(suite())
     monkeypatch.setenv("SPARSESCOPE_NO_KERNELS", "1")
     build.load.cache_clear()
     try:
         assert S.kernel() is None
-        without = Recorder(lm, RecordConfig(batch_size=3)).record_suite(suite())
+        without = Recorder(lm, RecordConfig(batch_size=3, window=0)).record_suite(suite())
     finally:
         monkeypatch.delenv("SPARSESCOPE_NO_KERNELS")
         build.load.cache_clear()
@@ -189,7 +189,7 @@ def test_scan_with_kernel_equals_scan_without(monkeypatch):
 
 def test_no_compiler_gives_one_notice_and_the_same_numbers(monkeypatch):
     lm = tiny_model("gpt2")
-    want = Recorder(lm, RecordConfig(kernels=False)).record_suite(suite())
+    want = Recorder(lm, RecordConfig(kernels=False, window=0)).record_suite(suite())
     monkeypatch.setattr(build, "_missing_tools", lambda: "no C++ compiler on PATH; install g++")
     build.load.cache_clear()
     try:
@@ -215,7 +215,7 @@ def test_recorder_reports_nan_sites():
     handle = module.register_forward_pre_hook(poison)
     try:
         with pytest.warns(UserWarning, match="NaN/inf activations at 1 site"):
-            run = Recorder(lm, RecordConfig(batch_size=2, sites=["mlp.hook_post", "hook_resid_pre"])).record_suite(
+            run = Recorder(lm, RecordConfig(batch_size=2, window=0, sites=["mlp.hook_post", "hook_resid_pre"])).record_suite(
                 suite())
     finally:
         handle.remove()
