@@ -322,3 +322,45 @@ def test_a_second_resume_of_a_run_being_written_is_refused(interrupted):
         holder.wait()
     res = _cli("scan", "--resume", interrupted.name, "--runs-dir", interrupted.parent)
     assert res.exit_code == 0 and "1 already done" in res.output.replace("\n", " "), res.output
+
+
+def test_torch_peak_is_the_exact_high_water_mark_of_tensor_bytes():
+    from sparsescope.bench import torch_peak
+
+    def allocate():
+        a = torch.zeros(1000, 1000)  # 4 MB
+        b = torch.zeros(500, 1000)  # 2 MB: 6 MB live
+        del a
+        c = torch.zeros(2000, 1000)  # 8 MB: 10 MB live, the peak
+        return float(b.sum() + c.sum())
+
+    result, peak = torch_peak(allocate)
+    assert result == 0.0 and 10_000_000 <= peak < 10_000_000 + 4096  # + the two 4-byte sums
+
+
+def test_bench_memory_sees_the_recorders_log_softmax_beside_the_models_logits():
+    """With a vocabulary large enough for the logits to dominate, recording with the logit baselines must hold
+    the model's logits [B, T, V] and the recorder's log-softmax [B, T-1, V] at once (a closed-form lower bound
+    on its peak), which a plain forward never does; the streaming state does not grow with the tokens."""
+    import transformers as T
+    from tiny import char_tokenizer
+
+    from sparsescope.bench import recorder_memory
+    from sparsescope.models import load_model
+    from sparsescope.probes import Prompt, Suite
+
+    torch.manual_seed(0)
+    config = T.LlamaConfig(vocab_size=8192, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                           num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256)
+    big = load_model((T.AutoModelForCausalLM.from_config(config), char_tokenizer()))
+    texts = ["the quick brown fox jumps over the lazy dog", "a small cat sleeps on warm stones"]
+    suite = Suite("t", "id", [Prompt(f"p{i}", t, "t", "id") for i, t in enumerate(texts)], "test", "CC0-1.0")
+    sites = dict(sites="mlp.hook_post", metrics="hoyer")
+    on, off = (recorder_memory(big, suite, 4, logits=flag, **sites) for flag in (True, False))
+    width = len(big.tokenizer(" ".join([texts[0]] * 4))["input_ids"])  # the batch is padded to the longest
+    logits_mb = 2 * width * 8192 * 4 / 2**20
+    assert on["tokens"] == sum(len(big.tokenizer(" ".join([t] * 4))["input_ids"]) for t in texts)
+    assert on["forward_peak_mb"] >= logits_mb and off["forward_peak_mb"] == pytest.approx(on["forward_peak_mb"])
+    assert on["record_peak_mb"] >= logits_mb * (2 - 1 / width) > off["record_peak_mb"]
+    assert on["recorder_mb"] > 0.8 * logits_mb > off["recorder_mb"]
+    assert recorder_memory(big, suite, 1, **sites)["state_mb"] == pytest.approx(on["state_mb"])
