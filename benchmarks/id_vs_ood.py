@@ -103,6 +103,16 @@ def difficulty_table(stats: dict, answers: pd.DataFrame, n_boot: int, site: str 
     return pd.DataFrame(out)
 
 
+def level_table(stats: dict, ladders: list[str], site: str = "mlp.hook_post") -> pd.DataFrame:
+    """Per ladder level: ``site`` hoyer per layer group, mean [CI] over the level's prompts."""
+    means = stats["ladder_means"]
+    means = means[(means["site"] == site) & (means["metric"] == "hoyer") & means["ladder"].isin(ladders)]
+    wide = means.assign(cell=[_ci(*x, ".3f") for x in zip(means["mean"], means["lo"], means["hi"])])
+    n = wide.groupby(["ladder", "level"])["n_prompts"].max().rename("n")
+    wide = wide.pivot(index=["ladder", "level"], columns="group", values="cell")
+    return wide[[g for g in GROUPS if g in wide.columns]].add_prefix("hoyer ").join(n).reset_index()
+
+
 def wrong_right_table(prompts: pd.DataFrame, answers: pd.DataFrame, n_boot: int) -> pd.DataFrame:
     """Within each level: hoyer of wrongly vs rightly answered prompts, per site and layer group."""
     eff = accuracy_effects(prompts, answers, n_boot=n_boot)
@@ -199,6 +209,11 @@ def main() -> None:
         ladders = tuple(sorted(set(stats["trends"]["ladder"])))
         print("\n### Trends along ladders, hoyer (Spearman rho vs level per layer group, 95% CI)\n")
         print(markdown(trend_rows(stats, ladders)))
+        corruption = [name for name in ladders if name not in ("addition", "list_ops")]
+        for site in ("mlp.hook_post", "hook_resid_post") if corruption else ():
+            if site in set(prompts["site"]):
+                print(f"\n### Corruption ladders: {site} hoyer per level (means, 95% CI)\n")
+                print(markdown(level_table(stats, corruption, site)))
 
 
 if __name__ == "__main__":
