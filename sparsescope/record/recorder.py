@@ -22,6 +22,7 @@ from sparsescope.models.sites import parse_site
 from sparsescope.record.metrics import FIRE_T, Metric, delta_frac, parse_metrics, token_metrics
 
 PATTERN = "attn.hook_pattern"
+BACKENDS = ("hooks", "nnsight")
 LOGITS_LAYER, LOGITS_SITE = -1, "logits"
 
 
@@ -34,6 +35,10 @@ class RecordConfig:
     metrics: list[Metric] | str | None = None  # Metric list or "hoyer,near_zero_frac@0.1"; None = all defaults
     batch_size: int = 8  # prompts per forward pass (memory, not results)
     max_tokens: int = 256  # prompts are truncated to this many tokens
+    token_budget: int | None = None  # cap on padded tokens (rows × longest) per forward pass; None = batch_size only
+    sort_by_length: bool = True  # batch prompts of similar length together (less padding; same results)
+    backend: str = "hooks"  # "hooks" (torch hooks) or "nnsight" (statistics reduced inside an nnsight trace)
+    remote: bool = False  # with backend "nnsight": run the trace on NDIF (needs NDIF_API_KEY and a served model)
     neurons: bool = True  # also the per-neuron `neurons` table (fire_freq, mean_abs)
     logits: bool = True  # also per-prompt nll / max_prob rows (site "logits"): the OOD detector's baselines
 
@@ -51,7 +56,7 @@ class Recording:
 
 
 class _SiteStats:
-    """Streaming sums for one (layer, site) over one suite."""
+    """Streaming sums for one (layer, site) over one suite (float64 on CPU, wherever the layer runs)."""
 
     def __init__(self, n_prompts: int, n_metrics: int, n_delta: int):
         self.sums = torch.zeros(n_prompts, n_metrics, dtype=torch.float64)
@@ -61,6 +66,18 @@ class _SiteStats:
         self.fire: torch.Tensor | None = None
         self.abs_sum: torch.Tensor | None = None
 
+    def add(self, part: dict[str, torch.Tensor], rows: torch.Tensor) -> None:
+        """Add one batch's per-row sums (from :func:`site_sums` / :func:`pattern_sums`) to the prompts ``rows``."""
+        for name in ("sums", "counts", "delta_sums", "delta_counts"):
+            if name in part:
+                getattr(self, name).index_add_(0, rows, part[name])
+        if "fire" in part:
+            if self.fire is None:
+                self.fire, self.abs_sum = part["fire"], part["abs_sum"]
+            else:
+                self.fire += part["fire"]
+                self.abs_sum += part["abs_sum"]
+
 
 class Recorder:
     """Record sparsity metrics for a model over prompt suites; ``run`` returns a :class:`Recording`."""
@@ -69,6 +86,11 @@ class Recorder:
         self.lm, self.config = lm, config or RecordConfig()
         if self.config.batch_size < 1 or self.config.max_tokens < 2:
             raise UserError("batch size must be ≥ 1 and max tokens ≥ 2; pass e.g. --batch-size 8 --max-tokens 256")
+        if self.config.token_budget is not None and self.config.token_budget < 1:
+            raise UserError("token budget must be ≥ 1 padded token per batch; pass e.g. --token-budget 4096")
+        if self.config.backend not in BACKENDS or (self.config.remote and self.config.backend != "nnsight"):
+            raise UserError(f"unknown backend {self.config.backend!r} (or --remote without nnsight); "
+                            f"pass --backend {' or '.join(BACKENDS)}, and --remote only with --backend nnsight")
         given = self.config.metrics
         self.metrics = given if isinstance(given, list) and all(isinstance(m, Metric) for m in given) \
             else parse_metrics(given)
@@ -108,12 +130,27 @@ class Recorder:
             raise UserError("a prompt produced no tokens; remove empty prompts from the suite")
         return ids
 
+    def groups(self, ids: list[list[int]]) -> list[list[int]]:
+        """Prompt indices per forward pass: at most ``batch_size`` prompts and, with a token budget, at most that many
+        padded tokens (rows × longest; a longer prompt runs alone). Sorted by length, padding is nearly nil."""
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i])) if self.config.sort_by_length else range(len(ids))
+        budget = self.config.token_budget or math.inf
+        groups: list[list[int]] = []
+        width = 0
+        for i in order:
+            n = len(ids[i])
+            if groups and len(groups[-1]) < self.config.batch_size and (len(groups[-1]) + 1) * max(width, n) <= budget:
+                groups[-1].append(i)
+                width = max(width, n)
+            else:
+                groups.append([i])
+                width = n
+        return groups
+
     def batches(self, ids: list[list[int]]):
-        """Right-padded batches ``(prompt indices, input_ids, valid mask)``; similar lengths share a batch."""
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        """Right-padded batches ``(prompt indices, input_ids, valid mask)`` over :meth:`groups`."""
         pad = self.lm.tokenizer.pad_token_id or 0
-        for start in range(0, len(ids), self.config.batch_size):
-            rows = order[start: start + self.config.batch_size]
+        for rows in self.groups(ids):
             width = max(len(ids[i]) for i in rows)
             input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
             valid = torch.zeros(len(rows), width, dtype=torch.bool)
@@ -133,6 +170,11 @@ class Recorder:
         stats = {key: _SiteStats(n_prompts, len(self.static), len(self.delta_t)) for key in self.targets}
         logit_sums = torch.zeros(n_prompts, 2, dtype=torch.float64)
         logit_counts = torch.zeros(n_prompts, dtype=torch.float64)
+        if self.config.backend == "nnsight":
+            from sparsescope.record.traced import run_traced
+
+            run_traced(self, ids, stats, logit_sums, logit_counts, progress)
+            return self._tables(suite, run_id, stats, logit_sums, logit_counts)
         handles = []
         batch: dict = {}
         try:
@@ -168,61 +210,19 @@ class Recorder:
                     raise UserError("attn.hook_pattern needs eager attention; load the model with "
                                     "attn_implementation='eager' or drop the site")
                 return
-            valid, rows = batch["valid"], batch["rows"]
             if site == PATTERN:
-                self._observe_pattern(t, valid, rows, st)
-                return
-            x = t.reshape(valid.shape[0], valid.shape[1], -1)  # also [B·T, d] (OPT flattens inside its MLP)
-            flat = x[valid]
-            lengths = valid.sum(1)
-            owner = rows.repeat_interleave(lengths)
-            if self.static:
-                st.sums.index_add_(0, owner, token_metrics(flat, self.static).double())
-            st.counts.index_add_(0, rows, lengths.double())
-            if self.delta_t:
-                d = delta_frac(x, self.delta_t)
-                dvalid = valid.clone()
-                dvalid[:, 0] = False
-                st.delta_sums.index_add_(0, rows, (d * dvalid[..., None]).sum(1).double())
-                st.delta_counts.index_add_(0, rows, dvalid.sum(1).double())
-            if self.config.neurons:
-                a = flat.float().abs()
-                rms = a.pow(2).mean(1, keepdim=True).sqrt()
-                fire = (a > FIRE_T * rms).sum(0).double()
-                if st.fire is None:
-                    st.fire, st.abs_sum = fire, a.sum(0).double()
-                else:
-                    st.fire += fire
-                    st.abs_sum += a.sum(0).double()
+                st.add(pattern_sums(t, batch["valid"], self.static, self.lm.causal), batch["rows"])
+            else:
+                st.add(site_sums(t, batch["valid"], self.static, self.delta_t, self.config.neurons), batch["rows"])
 
         return observe
-
-    def _observe_pattern(self, p: torch.Tensor, valid: torch.Tensor, rows: torch.Tensor, st: _SiteStats) -> None:
-        """Attention rows: each (query, head) row over the keys the query can see; a token's value is the mean over
-        heads. The first query of a causal model sees one key and is skipped (a 1-entry row has no sparsity)."""
-        b, h, q, k = p.shape
-        keys = valid[:, None, :k].expand(b, q, k)
-        if self.lm.causal:
-            keys = keys & torch.ones(q, k, dtype=torch.bool).tril()[None]
-        queries = valid[:, :q] & (keys.sum(-1) >= 2)
-        x = p.permute(0, 2, 1, 3)[queries]  # [Nq, H, K]
-        mask = keys[queries][:, None, :].expand(-1, h, -1)
-        if self.static:
-            vals = token_metrics(x.reshape(-1, k), self.static, mask.reshape(-1, k)).reshape(-1, h, len(self.static))
-            owner = rows.repeat_interleave(queries.sum(1))
-            st.sums.index_add_(0, owner, vals.mean(1).double())
-        st.counts.index_add_(0, rows, queries.sum(1).double())
 
     @staticmethod
     def _logit_stats(logits, input_ids, valid, rows, sums, counts) -> None:
         """Per-prompt mean next-token NLL and max-softmax probability: the baseline OOD signals."""
-        logp = torch.log_softmax(logits[:, :-1].float(), -1)
-        target_valid = valid[:, 1:]
-        nll = -logp.gather(-1, input_ids[:, 1:, None])[..., 0]
-        maxp = logp.max(-1).values.exp()
-        per = torch.stack([(nll * target_valid).sum(1), (maxp * target_valid).sum(1)], 1)
-        sums.index_add_(0, rows, per.double())
-        counts.index_add_(0, rows, target_valid.sum(1).double())
+        part = next_token_sums(logits, input_ids, valid)
+        sums.index_add_(0, rows, part["sums"])
+        counts.index_add_(0, rows, part["counts"])
 
     # -- tables -------------------------------------------------------------------------------------------------
     def _tables(self, suite, run_id: str, stats: dict, logit_sums, logit_counts) -> Recording:
@@ -274,6 +274,69 @@ class Recorder:
                 on_suite(part_key(suite), part)
             parts.append(part)
         return concat_recordings(parts, run_id)
+
+
+@torch.no_grad()
+def site_sums(t: torch.Tensor, valid: torch.Tensor, static: list[Metric], delta_t: list[float],
+              neurons: bool) -> dict[str, torch.Tensor]:
+    """One batch at one site reduced to per-row sums (float64, CPU): ``sums`` [B, metrics] and ``counts`` [B] over
+    valid tokens, ``delta_sums``/``delta_counts`` (positions ≥ 1), per-neuron ``fire``/``abs_sum`` [width].
+
+    The only code that reads a site's activations; the hook backend calls it in a torch hook, the nnsight backend
+    inside a trace (locally or on NDIF), so only these reduced tensors ever leave the device."""
+    x = t.reshape(valid.shape[0], valid.shape[1], -1)  # also [B·T, d] (OPT flattens inside its MLP)
+    valid = valid.to(x.device)
+    flat = x[valid]
+    lengths = valid.sum(1)
+    owner = torch.arange(len(lengths), device=x.device).repeat_interleave(lengths)
+    out = {"counts": lengths.double().cpu()}
+    if static:
+        out["sums"] = torch.zeros(len(lengths), len(static), dtype=torch.float64).index_add_(
+            0, owner.cpu(), token_metrics(flat, static).double().cpu())
+    if delta_t:
+        d = delta_frac(x, delta_t)
+        dvalid = valid.clone()
+        dvalid[:, 0] = False
+        out["delta_sums"] = (d * dvalid[..., None]).sum(1).double().cpu()
+        out["delta_counts"] = dvalid.sum(1).double().cpu()
+    if neurons:
+        a = flat.float().abs()
+        rms = a.pow(2).mean(1, keepdim=True).sqrt()
+        out["fire"] = (a > FIRE_T * rms).sum(0).double().cpu()
+        out["abs_sum"] = a.sum(0).double().cpu()
+    return out
+
+
+@torch.no_grad()
+def pattern_sums(p: torch.Tensor, valid: torch.Tensor, static: list[Metric], causal: bool) -> dict[str, torch.Tensor]:
+    """Attention rows: each (query, head) row over the keys the query can see; a token's value is the mean over
+    heads. The first query of a causal model sees one key and is skipped (a 1-entry row has no sparsity)."""
+    b, h, q, k = p.shape
+    valid = valid.to(p.device)
+    keys = valid[:, None, :k].expand(b, q, k)
+    if causal:
+        keys = keys & torch.ones(q, k, dtype=torch.bool, device=p.device).tril()[None]
+    queries = valid[:, :q] & (keys.sum(-1) >= 2)
+    out = {"counts": queries.sum(1).double().cpu()}
+    if static:
+        x = p.permute(0, 2, 1, 3)[queries]  # [Nq, H, K]
+        mask = keys[queries][:, None, :].expand(-1, h, -1)
+        vals = token_metrics(x.reshape(-1, k), static, mask.reshape(-1, k)).reshape(-1, h, len(static))
+        owner = torch.arange(b).repeat_interleave(queries.sum(1).cpu())
+        out["sums"] = torch.zeros(b, len(static), dtype=torch.float64).index_add_(0, owner, vals.mean(1).double().cpu())
+    return out
+
+
+@torch.no_grad()
+def next_token_sums(logits: torch.Tensor, input_ids: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-row sums of next-token NLL and max-softmax probability (``sums`` [B, 2]) over ``counts`` [B] targets."""
+    input_ids, valid = input_ids.to(logits.device), valid.to(logits.device)
+    logp = torch.log_softmax(logits[:, :-1].float(), -1)
+    target_valid = valid[:, 1:]
+    nll = -logp.gather(-1, input_ids[:, 1:, None])[..., 0]
+    maxp = logp.max(-1).values.exp()
+    per = torch.stack([(nll * target_valid).sum(1), (maxp * target_valid).sum(1)], 1)
+    return {"sums": per.double().cpu(), "counts": target_valid.sum(1).double().cpu()}
 
 
 def part_key(suite) -> str:
