@@ -8,9 +8,10 @@ line a caller may show before the long part, ``progress(n, total, note)`` is cal
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import pandas as pd
@@ -29,7 +30,23 @@ def _quiet(*args, **kwargs) -> None:
 
 def _manifest(kind: str, lm, **extra) -> dict:
     return {"kind": kind, "model": lm.name, "model_revision": lm.revision, "weights_note": lm.weights_note,
-            "package_version": __version__, **extra}
+            "placement": lm.placement, "package_version": __version__, **extra}
+
+
+def parse_device_map(value: str | None) -> str | dict | None:
+    """``--device-map``: ``auto``/``balanced``/``sequential`` (accelerate), or a JSON object of module → device
+    (``{"model.layers.0": 0, "lm_head": "cpu", "model.layers.9": "disk"}``)."""
+    if not value:
+        return None
+    if value in ("auto", "balanced", "balanced_low_0", "sequential"):
+        return value
+    try:
+        table = json.loads(value)
+    except json.JSONDecodeError:
+        table = None
+    if not isinstance(table, dict):
+        raise UserError(f"bad --device-map {value!r}; pass auto, or JSON like '{{\"model.layers.0\": 0}}'")
+    return table
 
 
 def _finish(store: RunStore, manifest: dict, tables: dict[str, pd.DataFrame]) -> RunDir:
@@ -52,6 +69,12 @@ class ScanOptions:
     seed: int = 0  # seed of generated suites and ladders
     batch_size: int = 8  # prompts per forward pass
     max_tokens: int = 256  # prompts are truncated to this many tokens
+    token_budget: int | None = None  # at most this many padded tokens per forward pass (prompts sorted by length)
+    device: str = "cpu"  # cpu, cuda, cuda:N or auto
+    dtype: str = "float32"  # weights' dtype: float32, bfloat16 or float16 (statistics are float64 regardless)
+    device_map: str | None = None  # accelerate device map: "auto" or JSON {module: device | "cpu" | "disk"}
+    backend: str = "hooks"  # hooks (torch hooks) or nnsight (statistics reduced inside an nnsight trace)
+    remote: bool = False  # with nnsight: trace on NDIF (needs NDIF_API_KEY); only reduced statistics come back
 
 
 def split_list(value: str | None) -> list[str] | None:
@@ -91,8 +114,8 @@ def _resumed(store: RunStore, resume: str) -> tuple[RunDir, ScanOptions]:
     cfg = run.manifest.get("config")
     if not cfg:
         raise UserError(f"run {run.run_id} has no readable manifest to resume from; start a new scan")
-    return run, ScanOptions(cfg["model"], ",".join(cfg["suites"]), cfg["sites"], cfg["layers"], cfg["metrics"],
-                            cfg.get("ladders"), cfg.get("seed", 0), cfg["batch_size"], cfg["max_tokens"])
+    known = {f.name for f in fields(ScanOptions)}
+    return run, ScanOptions(**{k: v for k, v in cfg.items() if k in known} | {"suites": ",".join(cfg["suites"])})
 
 
 def scan(store: RunStore, opts: ScanOptions, resume: str | None = None, load: Callable = load_model,
@@ -104,7 +127,7 @@ def scan(store: RunStore, opts: ScanOptions, resume: str | None = None, load: Ca
     """
     from sparsescope.probes import CORRUPTIONS, DEFAULT_SUITES, ladder_spec, load_suites
     from sparsescope.record import RecordConfig, Recorder
-    from sparsescope.record.recorder import part_key
+    from sparsescope.record.recorder import BACKENDS, part_key
 
     store.check_writable()
     run = None
@@ -115,9 +138,21 @@ def scan(store: RunStore, opts: ScanOptions, resume: str | None = None, load: Ca
     unknown = [c for c in corruptions if c not in CORRUPTIONS]
     if unknown:
         raise UserError(f"unknown ladder {unknown[0]!r}; choose from {','.join(CORRUPTIONS)}")
+    if opts.backend not in BACKENDS:
+        raise UserError(f"unknown backend {opts.backend!r}; pass --backend {' or '.join(BACKENDS)}")
     config = RecordConfig(sites=split_list(opts.sites), layers=parse_layers(opts.layers), metrics=opts.metrics,
-                          batch_size=opts.batch_size, max_tokens=opts.max_tokens)
-    lm = load(opts.model)
+                          batch_size=opts.batch_size, max_tokens=opts.max_tokens, token_budget=opts.token_budget,
+                          backend=opts.backend, remote=opts.remote)
+    if opts.remote:
+        from sparsescope.record.traced import remote_model
+
+        if opts.backend != "nnsight":
+            raise UserError("--remote runs through nnsight; add --backend nnsight")
+        if opts.device_map or opts.device != "cpu" or opts.dtype != "float32":
+            raise UserError("--remote runs on NDIF's GPUs in NDIF's dtype; drop --device, --dtype and --device-map")
+        lm = remote_model(opts.model)
+    else:
+        lm = load(opts.model, device=opts.device, dtype=opts.dtype, device_map=parse_device_map(opts.device_map))
     recorder = Recorder(lm, config)  # validates sites/layers/metrics before anything is written
     suite_objs = load_suites(names + [f"ladder:{c}" for c in corruptions], tokenizer=lm.tokenizer, seed=opts.seed)
     if run is None:
@@ -129,9 +164,13 @@ def scan(store: RunStore, opts: ScanOptions, resume: str | None = None, load: Ca
                                                     for s in suite_objs}), run_id=None)
     done = run.done_parts()
     todo = [s for s in suite_objs if part_key(s) not in done]
-    total = sum(len(i) for s in todo for i in recorder.tokenize([p.text for p in s.prompts]))
+    ids = [recorder.tokenize([p.text for p in s.prompts]) for s in todo]
+    total = sum(len(i) for suite_ids in ids for i in suite_ids)
+    padded = sum(len(g) * max(len(suite_ids[i]) for i in g) for suite_ids in ids for g in recorder.groups(suite_ids))
     announce(f"run [bold]{run.run_id}[/]: {len(recorder.targets)} sites × {len(recorder.metrics)} metrics, "
-             f"{len(todo)} suites to record ({len(done)} already done), {total} tokens")
+             f"{len(todo)} suites to record ({len(done)} already done), {total} tokens "
+             f"({opts.backend}{', remote' if opts.remote else ''} on {lm.placement.get('device')})")
+    start = time.perf_counter()
     try:
         recorder.run(todo, run_id=run.run_id, progress=lambda n: progress(n, total),
                      on_suite=lambda key, part: run.write_part(
@@ -139,6 +178,10 @@ def scan(store: RunStore, opts: ScanOptions, resume: str | None = None, load: Ca
     except BaseException as e:  # Ctrl-C or a failure: keep the finished suites, say how to resume
         run.mark_incomplete(f"interrupted: {type(e).__name__}")
         raise
+    seconds = time.perf_counter() - start
+    run.manifest["throughput"] = {"tokens": total, "seconds": round(seconds, 3),
+                                  "tokens_per_s": round(total / max(seconds, 1e-9), 1),
+                                  "padded_tokens": padded, "padding_frac": round(1 - total / max(padded, 1), 4)}
     run.finalize()
     return run
 
@@ -182,7 +225,8 @@ def report(run: RunDir, metric: str = "hoyer", html: bool = True) -> Report:
 # -- spike -----------------------------------------------------------------------------------------------------
 def spike(store: RunStore, model: str, plan: Path | None = None, layers: str | None = None, sites: str | None = None,
           eval_tokens: int = 1024, text: str = "heldout", per_layer: bool = False, sweep: str | None = None,
-          energy: str = "fp32", load: Callable = load_model, progress: Progress = _quiet, **params):
+          energy: str = "fp32", device: str = "cpu", dtype: str = "float32", load: Callable = load_model,
+          progress: Progress = _quiet, **params):
     """A spiking-conversion study run (kind `spike`); ``params`` are the spike lever's (k, coding, neuron, T, ...),
     None meaning its default. Returns ``(run, StudyResult)``."""
     from sparsescope.probes import load_text
@@ -200,12 +244,13 @@ def spike(store: RunStore, model: str, plan: Path | None = None, layers: str | N
         with_param(the_plan, config.sweep[0], value)
     store.check_writable()
     texts = load_text(text)
-    lm = load(model)
+    lm = load(model, device=device, dtype=dtype)
     total = n_evaluations(plan_layers(lm, the_plan), config)
     result = run_study(lm, the_plan, texts, config, progress=lambda label: progress(1, total, f"done: {label}"))
     manifest = _manifest("spike", lm, timings=result.timings,
                          config={"model": model, "plan": the_plan.to_dict(), "eval_tokens": eval_tokens, "text": text,
-                                 "per_layer": per_layer, "sweep": sweep, "energy": energy})
+                                 "per_layer": per_layer, "sweep": sweep, "energy": energy,
+                                 "device": device, "dtype": dtype})
     return _finish(store, manifest, result.tables), result
 
 
@@ -214,7 +259,8 @@ def weights(store: RunStore, model: str, metric: str = "near_zero_frac@0.1", sen
             per_layer: bool = False, methods: str = "magnitude,wanda,random",
             sparsities: str = "0.05,0.1,0.2,0.3,0.4,0.5,0.6,0.7", nm: str = "2:4", layers: str | None = None,
             tolerance: float = 0.01, eval_tokens: int = 1024, text: str = "heldout",
-            calibration: str = "calibration", load: Callable = load_model, progress: Progress = _quiet):
+            calibration: str = "calibration", device: str = "cpu", dtype: str = "float32",
+            load: Callable = load_model, progress: Progress = _quiet):
     """A weights run (kind `weights`): statistics per layer × weight site and, with ``sensitivity``, pruning curves
     and essential-sparsity knees; writes `weights.html`. Returns ``(run, tables, dense_ppl, n_tokens, seconds)``."""
     from sparsescope.eval import Evaluator
@@ -234,7 +280,7 @@ def weights(store: RunStore, model: str, metric: str = "near_zero_frac@0.1", sen
     store.check_writable()
     texts = (load_text(text), load_text(calibration)) if sensitivity else None
     start = time.perf_counter()
-    lm = load(model)
+    lm = load(model, device=device, dtype=dtype)
     tables = {"weights": stats_table(lm)}
     dense_ppl, n_tokens = float("nan"), 0
     if sensitivity:
@@ -249,7 +295,8 @@ def weights(store: RunStore, model: str, metric: str = "near_zero_frac@0.1", sen
                          config={"model": model, "metric": metric, "sensitivity": sensitivity,
                                  "methods": list(cfg.methods), "sparsities": list(cfg.sparsities), "nm": cfg.nm,
                                  "per_layer": per_layer, "layers": layers, "tolerance": tolerance,
-                                 "eval_tokens": eval_tokens, "text": text, "calibration": calibration})
+                                 "eval_tokens": eval_tokens, "text": text, "calibration": calibration,
+                                 "device": device, "dtype": dtype})
     run = _finish(store, manifest, tables)
     run.write_file("weights.html", weights_page(run.manifest, tables, metric, tolerance))
     return run, tables, dense_ppl, n_tokens, seconds
@@ -258,8 +305,8 @@ def weights(store: RunStore, model: str, metric: str = "near_zero_frac@0.1", sen
 # -- compare ---------------------------------------------------------------------------------------------------
 def compare(store: RunStore, model: str, eval_tokens: int = 1024, seq_len: int = 256, group_size: int = 64,
             teal: str = "0.25,0.5,0.7", spike_k: str = "2,3,4", coding: str = "bitwise", compositions: bool = True,
-            text: str = "heldout", calibration: str = "calibration", load: Callable = load_model,
-            progress: Progress = _quiet):
+            text: str = "heldout", calibration: str = "calibration", device: str = "cpu", dtype: str = "float32",
+            load: Callable = load_model, progress: Progress = _quiet):
     """A head-to-head run (kind `compare`): every configuration against one dense reference; writes `compare.html`.
     Returns ``(run, table, seconds)``."""
     from sparsescope.harvest import compare as cmp
@@ -275,7 +322,7 @@ def compare(store: RunStore, model: str, eval_tokens: int = 1024, seq_len: int =
     store.check_writable()
     texts = load_text(text), load_text(calibration)
     start = time.perf_counter()
-    lm = load(model)
+    lm = load(model, device=device, dtype=dtype)
     cmp.check(lm, cfg)
     table = cmp.compare(lm, texts[0], texts[1], cfg, lambda label: progress(1, cmp.n_steps(cfg), label))
     seconds = time.perf_counter() - start
@@ -283,7 +330,7 @@ def compare(store: RunStore, model: str, eval_tokens: int = 1024, seq_len: int =
                          config={"model": model, "eval_tokens": eval_tokens, "seq_len": seq_len,
                                  "group_size": group_size, "teal": list(cfg.teal), "spike_k": list(cfg.spike_k),
                                  "coding": coding, "compositions": compositions, "text": text,
-                                 "calibration": calibration})
+                                 "calibration": calibration, "device": device, "dtype": dtype})
     run = _finish(store, manifest, {"compare": table})
     run.write_file("compare.html", compare_page(run.manifest, table))
     return run, table, seconds

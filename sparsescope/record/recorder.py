@@ -331,7 +331,8 @@ def pattern_sums(p: torch.Tensor, valid: torch.Tensor, static: list[Metric], cau
 def next_token_sums(logits: torch.Tensor, input_ids: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per-row sums of next-token NLL and max-softmax probability (``sums`` [B, 2]) over ``counts`` [B] targets."""
     input_ids, valid = input_ids.to(logits.device), valid.to(logits.device)
-    logp = torch.log_softmax(logits[:, :-1].float(), -1)
+    logits = logits[:, :-1]
+    logp = torch.log_softmax(logits if logits.dtype == torch.float64 else logits.float(), -1)  # bf16 → float32
     target_valid = valid[:, 1:]
     nll = -logp.gather(-1, input_ids[:, 1:, None])[..., 0]
     maxp = logp.max(-1).values.exp()

@@ -20,7 +20,7 @@ import torch
 from sparsescope.errors import UserError
 from sparsescope.models.loading import LoadedModel
 
-NDIF_KEY_HELP = "set NDIF_API_KEY (a free key from https://login.ndif.us) or run `python -m nnsight login`"
+NDIF_KEY_HELP = "set NDIF_API_KEY (a free key from https://login.ndif.us) or run `nnsight login`"
 
 
 def check_remote(host: str | None = None, timeout: float = 10.0) -> None:
@@ -56,14 +56,11 @@ def remote_model(repo_id: str) -> LoadedModel:
     return lm
 
 
-def _meta(model: torch.nn.Module) -> bool:
-    return any(p.device.type == "meta" for p in model.parameters())
-
-
-def execution_order(lm: LoadedModel, targets: list[tuple[int, str]]) -> list[tuple[int, str]]:
+def execution_order(lm: LoadedModel, targets: list[tuple[int, str]], fake: bool = False) -> list[tuple[int, str]]:
     """``targets`` in the order the forward pass reaches them (nnsight reads values in that order only).
 
-    Found by one 2-token forward with torch hooks (under fake tensors when the weights are meta, i.e. remote)."""
+    Found by one 2-token forward with torch hooks; ``fake`` runs it on fake tensors, for the remote model whose
+    local weights are empty (meta). Accelerate-offloaded layers run for real (their hooks load the weights)."""
     seen: dict[tuple[int, str], int] = {}
     handles = []
     for key in targets:
@@ -72,7 +69,7 @@ def execution_order(lm: LoadedModel, targets: list[tuple[int, str]]) -> list[tup
             seen.setdefault(key, len(seen))
         handles.append(module.register_forward_pre_hook(note) if io == "input" else module.register_forward_hook(note))
     try:
-        if _meta(lm.model):
+        if fake:
             from torch._subclasses.fake_tensor import FakeTensorMode
 
             with FakeTensorMode(allow_non_fake_inputs=True):
@@ -139,7 +136,7 @@ def run_traced(rec, ids: list[list[int]], stats: dict, logit_sums: torch.Tensor,
     wrapper = _wrapper(rec.lm)
     envoys = {id(e._module): e for e in wrapper.modules()}
     places = []
-    for key in execution_order(rec.lm, rec.targets):
+    for key in execution_order(rec.lm, rec.targets, fake=rec.config.remote):
         module, io, extract = rec.lm.sites.hook(*key)
         places.append((key, envoys[id(module)], io, extract))
     logits = bool(rec.config.logits and rec.lm.causal)
