@@ -1,0 +1,109 @@
+"""Scaling figures on the embedded SmolLM2, side by side in one process (medians of interleaved repeats):
+
+1. hook backend vs nnsight backend (local trace): seconds per pass over the same batches, and equality of the tables;
+2. bytes a trace saves (reduced statistics) vs the raw activations of the same sites, per token;
+3. padded tokens with prompts sorted by length (and a token budget) vs prompt order;
+4. bfloat16 vs float32 weights: largest change of any split-level metric.
+
+Run: PYTHONPATH=. python benchmarks/scale.py [--repeats 3] [--suites prose,code]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from sparsescope.models import load_model
+from sparsescope.probes import load_suites
+from sparsescope.record import RecordConfig, Recorder
+from sparsescope.record.traced import _wrapper, execution_order, reduced_bytes_per_token, trace_batch
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--suites", default="prose,code")
+    ap.add_argument("--max-tokens", type=int, default=64)
+    args = ap.parse_args()
+    lm = load_model("smollm2-135m")
+    suites = load_suites(args.suites.split(","), tokenizer=lm.tokenizer)
+    base = dict(max_tokens=args.max_tokens, batch_size=8)
+    hooks, traced = Recorder(lm, RecordConfig(**base)), Recorder(lm, RecordConfig(**base, backend="nnsight"))
+    n_tokens = sum(len(i) for s in suites for i in hooks.tokenize([p.text for p in s.prompts]))
+    print(f"SmolLM2-135M, {len(hooks.targets)} sites (all), {len(hooks.metrics)} metrics, {n_tokens} tokens "
+          f"of {args.suites}, torch threads {torch.get_num_threads()}")
+
+    # 1. backends, interleaved
+    times = {"hooks": [], "nnsight": []}
+    for _ in range(args.repeats):
+        a = hooks.run(suites)
+        times["hooks"].append(timed(lambda: hooks.run(suites)))
+        b = traced.run(suites)
+        times["nnsight"].append(timed(lambda: traced.run(suites)))
+    same = all(getattr(a, t).equals(getattr(b, t)) for t in ("activations", "prompts", "neurons"))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"[1] hooks {med['hooks']:.2f} s ({n_tokens / med['hooks']:.0f} tok/s), nnsight local "
+          f"{med['nnsight']:.2f} s ({n_tokens / med['nnsight']:.0f} tok/s): nnsight/hooks = "
+          f"{med['nnsight'] / med['hooks']:.2f}× (medians of {args.repeats}); tables identical: {same}")
+
+    # 2. bytes saved by one trace vs raw activations of the same sites (one batch of 8 prompts)
+    ids = traced.tokenize([p.text for p in suites[0].prompts])
+    rows, input_ids, valid = next(iter(traced.batches(ids)))
+    wrapper = _wrapper(lm)
+    envoys = {id(e._module): e for e in wrapper.modules()}
+    places = [(k, envoys[id(lm.sites.hook(*k)[0])], *lm.sites.hook(*k)[1:]) for k in execution_order(lm, traced.targets)]
+    saved = trace_batch(wrapper, places, input_ids, valid, traced.static, traced.delta_t, True, True, True, False)
+    reduced = sum(t.nbytes for part in saved.values() for t in part.values())
+    raw = {}
+    handles = []
+    for key in traced.targets:
+        module, io, extract = lm.sites.hook(*key)
+        def size(m, a, o=None, key=key, io=io, extract=extract):
+            t = extract(a[0] if io == "input" else o)
+            raw[key] = t.numel() * 4 * int(valid.sum()) / valid.numel()  # float32, padding left out
+        handles.append(module.register_forward_pre_hook(size) if io == "input" else module.register_forward_hook(size))
+    lm.forward(input_ids, valid.long())
+    for h in handles:
+        h.remove()
+    tok = int(valid.sum())
+    print(f"[2] one batch ({len(rows)} prompts, {tok} tokens, all {len(traced.targets)} sites): the trace saved "
+          f"{reduced / tok:,.0f} B/token; raw float32 activations of those sites {sum(raw.values()) / tok:,.0f} "
+          f"B/token (ratio {sum(raw.values()) / reduced:.0f}×)")
+    for name, layers, width, mlp in (("SmolLM2-135M", 30, 576, 1536), ("Llama-3.1-8B", 32, 4096, 14336),
+                                     ("Llama-3.1-70B", 80, 8192, 28672)):
+        f = reduced_bytes_per_token(len(traced.static), len(traced.delta_t), [mlp] * layers, 256, 8)
+        print(f"    {name}: mlp.hook_post of every layer, 8 prompts × 256 tokens per trace: reduced "
+              f"{f['reduced']:,.0f} B/token vs raw bf16 {f['raw_bfloat16']:,.0f} B/token "
+              f"({f['raw_bfloat16'] / f['reduced']:.0f}×)")
+
+    # 3. padding
+    for cfg in (dict(sort_by_length=False), dict(), dict(token_budget=1024)):
+        rec = Recorder(lm, RecordConfig(**base, **cfg))
+        padded = 0
+        for s in suites:
+            sid = rec.tokenize([p.text for p in s.prompts])
+            padded += sum(len(g) * max(len(sid[i]) for i in g) for g in rec.groups(sid))
+        print(f"[3] {cfg or 'sorted by length'}: {padded} padded tokens for {n_tokens} tokens "
+              f"({1 - n_tokens / padded:.1%} padding)")
+
+    # 4. bf16 vs fp32
+    bf = load_model("smollm2-135m", dtype="bfloat16")
+    c = Recorder(bf, RecordConfig(**base)).run(suites)
+    d = (a.activations.value - c.activations.value).abs()
+    worst = a.activations.assign(diff=d).sort_values("diff").iloc[-1]
+    print(f"[4] bf16 vs fp32 weights, {len(d)} split-level values: median |Δ| {d.median():.4f}, "
+          f"99th pct {d.quantile(0.99):.4f}, max {d.max():.4f} ({worst.metric}@{worst.threshold} "
+          f"blocks.{worst.layer}.{worst.site}, fp32 {worst.value:.4f})")
+
+
+if __name__ == "__main__":
+    main()
