@@ -60,7 +60,8 @@ def main() -> None:
     rows, input_ids, valid = next(iter(traced.batches(ids)))
     wrapper = _wrapper(lm)
     envoys = {id(e._module): e for e in wrapper.modules()}
-    places = [(k, envoys[id(lm.sites.hook(*k)[0])], *lm.sites.hook(*k)[1:]) for k in execution_order(lm, traced.targets)]
+    places = [(k, envoys[id(lm.sites.hook(*k)[0])], *lm.sites.hook(*k)[1:])
+              for k in execution_order(lm, traced.targets)]
     saved = trace_batch(wrapper, places, input_ids, valid, traced.static, traced.delta_t, True, True, True, False)
     reduced = sum(t.nbytes for part in saved.values() for t in part.values())
     raw = {}

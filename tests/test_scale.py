@@ -175,3 +175,19 @@ def test_cli_scan_nnsight_records_placement_and_throughput(model_dir, tmp_path):
     assert 0 <= t["padding_frac"] < 1
     res = runner.invoke(app, [*common, "--dtype", "int3"])
     assert res.exit_code == 2 and "unknown dtype" in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.slow
+def test_language_model_wrapper_the_remote_path_uses_equals_hooks_on_smollm2():
+    """`--remote` traces through nnsight's LanguageModel (not a bare NNsight envoy): run that wrapper locally."""
+    from nnsight import LanguageModel
+
+    lm = load_model("smollm2-135m")
+    sites = ["blocks.7.hook_resid_pre", "blocks.2.mlp.hook_post", "blocks.5.attn.hook_pattern"]
+    hooks = record(lm, sites=sites, batch_size=4)
+    wrapped = load_model(LanguageModel(lm.model, tokenizer=lm.tokenizer))
+    assert type(wrapped.wrapper).__name__ == "LanguageModel"
+    traced = record(wrapped, sites=sites, batch_size=4, backend="nnsight")
+    for name in TABLES:
+        pd.testing.assert_frame_equal(getattr(hooks, name).drop(columns="model", errors="ignore"),
+                                      getattr(traced, name).drop(columns="model", errors="ignore"), check_exact=True)

@@ -41,6 +41,6 @@ def spike(
 
     with Bar("spike", "evaluations", transient=True) as bar:
         run, result = workflows.spike(RunStore(runs_dir), model, plan, layers, sites, eval_tokens, text, per_layer,
-                                      sweep, energy, device, dtype, load=load, progress=bar, k=k, coding=coding, neuron=neuron,
-                                      T=steps, max_steps=max_steps, wta=wta)
+                                      sweep, energy, device, dtype, load=load, progress=bar, k=k, coding=coding,
+                                      neuron=neuron, T=steps, max_steps=max_steps, wta=wta)
     print_spike(result, run.run_id, energy, run.path, out)

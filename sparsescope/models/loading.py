@@ -305,8 +305,9 @@ def _load_object(spec: object, arch: Arch | str | None) -> LoadedModel:
         return _wrap(model, tok, getattr(model.config, "name_or_path", "") or type(model).__name__, arch)
     if hasattr(spec, "original_model") and isinstance(getattr(spec, "original_model"), nn.Module):  # TL bridge
         return _wrap(spec.original_model, spec.tokenizer, spec.original_model.config.name_or_path or "bridge", arch)
-    if type(spec).__name__ == "LanguageModel" and hasattr(spec, "_model"):  # nnsight wraps the HF model
-        lm = _wrap(spec._model, spec.tokenizer, spec._model.config.name_or_path or "nnsight", arch)
+    if type(spec).__name__ == "LanguageModel":  # nnsight's envoy around the HF model (`_module`; `_model` before 0.5)
+        model = spec.__dict__.get("_module") or spec.__dict__.get("_model")
+        lm = _wrap(model, spec.tokenizer, model.config.name_or_path or "nnsight", arch)
         lm.wrapper = spec
         return lm
     if isinstance(spec, nn.Module):

@@ -51,10 +51,10 @@ def calibrate(lm: LoadedModel, texts: str | Sequence[str], seq_len: int = 256, m
             x = x.reshape(-1, x.shape[-1])
             st = stats.setdefault(name, {"sq": torch.zeros(x.shape[1], dtype=torch.float64),
                                          "abs_sample": torch.empty(0), "n_tokens": torch.tensor(0)})
-            st["sq"] += x.pow(2).sum(0, dtype=torch.float64)
+            st["sq"] += x.pow(2).sum(0, dtype=torch.float64).cpu()  # statistics on CPU wherever the layer runs
             st["n_tokens"] += x.shape[0]
             flat = x.abs().flatten()
-            take = flat[torch.randint(len(flat), (min(SAMPLE, len(flat)),), generator=gen)]
+            take = flat[torch.randint(len(flat), (min(SAMPLE, len(flat)),), generator=gen).to(flat.device)].cpu()
             pool = torch.cat([st["abs_sample"], take])
             st["abs_sample"] = pool[torch.randperm(len(pool), generator=gen)[:SAMPLE]]
         return hook

@@ -99,8 +99,8 @@ def trace_batch(wrapper, places: list, input_ids: torch.Tensor, valid: torch.Ten
                 neurons: bool, causal: bool, logits: bool, remote: bool) -> dict:
     """One forward pass in an nnsight trace; returns ``{(layer, site) | "logits": reduced sums}`` (tiny tensors).
 
-    ``places`` are ``(key, envoy, io, extract)`` in execution order (``extract`` from ``SiteMap.hook``). Everything inside the ``with`` block runs
-    where the model runs (here, or on NDIF); only ``saved`` comes back."""
+    ``places`` are ``(key, envoy, io, extract)`` in execution order (``extract`` from ``SiteMap.hook``). Everything
+    inside the ``with`` block runs where the model runs (here, or on NDIF); only ``saved`` comes back."""
     import nnsight
 
     from sparsescope.record.recorder import next_token_sums, pattern_sums, site_sums
