@@ -35,7 +35,7 @@ DEFAULT_SUITES: tuple[str, ...] = (
     "prose", "chat", "code",  # in-distribution
     "multilingual", "random_tokens", "shuffled_words", "base64_hex", "char_noise",  # out-of-distribution
 )
-TEXTS: tuple[str, ...] = ("heldout", "calibration")
+TEXTS: tuple[str, ...] = ("heldout", "calibration", "train")
 CORRUPTIONS: tuple[str, ...] = ("shuffle", "replace", "char_noise", "base64")
 LEVELS: tuple[int, ...] = (0, 10, 25, 50, 100)
 SUFFIXES: tuple[str, ...] = (".yaml", ".yml", ".jsonl", ".txt")
@@ -87,8 +87,8 @@ def load_suites(names: Sequence[str] | None = None, tokenizer=None, seed: int = 
 
 
 def load_text(name_or_path: str) -> str:
-    """A bundled corpus from data/ ("heldout": perplexity text, "calibration": threshold fitting) or a
-    UTF-8 text file."""
+    """A bundled corpus from data/ ("heldout": perplexity text, "calibration": threshold fitting, "train": SAE
+    training text) or a UTF-8 text file."""
     if name_or_path in TEXTS:
         return _read(_bundled(DATA_DIR) / f"{name_or_path}.txt")
     path = Path(name_or_path).expanduser()

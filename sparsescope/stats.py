@@ -383,3 +383,29 @@ def trend_table(
     df = features.assign(n_prompts=(~np.isnan(X)).sum(axis=0), rho=rho, rho_lo=lo, rho_hi=hi, p=p, direction=direction)
     df.attrs |= {"ladder": ladder, "paired": paired}
     return df
+
+
+# ---- statistics of summed quantities ------------------------------------------------------------------------------
+
+
+def bootstrap_sums(unit_sums: dict[str, np.ndarray], statistics, n_boot: int = 2000, seed: int = 0
+                   ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Point values and bootstrap replicates of statistics that are functions of sums over units (ratios of sums,
+    a variance from summed moments): `unit_sums[name]` is [n_units, ...]; `statistics(sums)` maps arrays summed over
+    units (leading axis = resamples) to named [resamples] arrays. Resampling draws units (prompts), never tokens.
+    Intervals: `percentile_interval(replicates, ci)`; differences between independent groups: subtract replicates."""
+    if n_boot < 1:
+        raise UserError(f"n_boot={n_boot} must be ≥ 1, e.g. 2000")
+    n = len(next(iter(unit_sums.values())))
+    point = {k: float(v[0]) for k, v in statistics({k: v.sum(0, keepdims=True) for k, v in unit_sums.items()}).items()}
+    C = _counts(n, n_boot, np.random.default_rng(seed))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        boots = statistics({k: np.tensordot(C, v, axes=1) for k, v in unit_sums.items()})
+    return point, boots
+
+
+def percentile_interval(replicates: np.ndarray, ci: float = 0.95) -> tuple[float, float]:
+    """(lo, hi) percentile interval of bootstrap replicates, NaN replicates skipped."""
+    _check_ci(1, ci)
+    lo, hi = _interval(np.asarray(replicates, dtype=float)[:, None], ci)
+    return float(lo[0]), float(hi[0])

@@ -5,6 +5,7 @@ Each command group lives in its own module and registers itself on the one typer
 
 from sparsescope.cli._common import app
 from sparsescope.cli import scan, bench, spike, weights, compare  # noqa: F401,E402  (registers the commands)
+from sparsescope.cli import sae  # noqa: F401,E402
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -279,6 +279,28 @@ class SiteMap:
         module = block.get_submodule(spec.module) if spec.module else block
         return module, spec.io, _pattern if site == "attn.hook_pattern" else _first
 
+    def attach(self, layer: int, site: str, fn: Callable[[torch.Tensor], "torch.Tensor | None"]):
+        """Hook ``fn`` on ``blocks.{layer}.{site}``: it sees the site's tensor on every forward and may return a
+        replacement (same shape) to splice into the forward pass, or None to only observe. Returns the removable
+        torch handle. The one hook mechanism shared by the recorder, SAE splicing and ablations."""
+        module, io, extract = self.hook(layer, site)
+        if io == "output":
+            def on_output(mod, args, output):
+                new = fn(extract(output))
+                if new is None:
+                    return None
+                return (new, *output[1:]) if isinstance(output, (tuple, list)) else new
+
+            return module.register_forward_hook(on_output)
+
+        def on_input(mod, args, kwargs):
+            new = fn(args[0] if args else kwargs["hidden_states"])
+            if new is None:
+                return None
+            return ((new, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": new})
+
+        return module.register_forward_pre_hook(on_input, with_kwargs=True)
+
     def linear(self, layer: int, wsite: str) -> nn.Module:
         """The linear module holding weight site ``blocks.{layer}.{wsite}`` (shared for fused q/k/v)."""
         self.check_layer(layer)

@@ -179,13 +179,7 @@ class Recorder:
         batch: dict = {}
         try:
             for key in self.targets:
-                module, io, extract = self.lm.sites.hook(*key)
-                observe = self._observer(key, stats[key], extract, batch)
-                if io == "output":
-                    handles.append(module.register_forward_hook(lambda m, a, o, f=observe: f(o)))
-                else:
-                    handles.append(module.register_forward_pre_hook(
-                        lambda m, a, kw, f=observe: f(a[0] if a else kw["hidden_states"]), with_kwargs=True))
+                handles.append(self.lm.sites.attach(*key, self._observer(key, stats[key], batch)))
             for rows, input_ids, valid in self.batches(ids):
                 batch.update(valid=valid, rows=torch.tensor(rows))
                 logits = self.lm.forward(input_ids, valid.long())
@@ -199,12 +193,11 @@ class Recorder:
             batch.clear()
         return self._tables(suite, run_id, stats, logit_sums, logit_counts)
 
-    def _observer(self, key: tuple[int, str], st: _SiteStats, extract, batch: dict):
+    def _observer(self, key: tuple[int, str], st: _SiteStats, batch: dict):
         site = key[1]
 
         @torch.no_grad()
-        def observe(raw) -> None:
-            t = extract(raw)
+        def observe(t) -> None:
             if t is None:
                 if site == PATTERN:
                     raise UserError("attn.hook_pattern needs eager attention; load the model with "
