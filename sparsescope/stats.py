@@ -116,6 +116,32 @@ def auroc_ci(y, score, n_boot: int = 2000, ci: float = 0.95, seed: int = 0) -> t
     return float(wins.mean()), float(lo[0]), float(hi[0])
 
 
+def auroc_draws(y, scores: dict[str, np.ndarray], groups=None, n_boot: int = 2000, seed: int = 0) -> dict:
+    """AUROC of each score for y = 1 and its values on the same cluster-bootstrap resamples (paired draws).
+
+    groups: one cluster label per row (e.g. the source text, so a passage and the prompts derived from it move
+    together); default: each row its own cluster. Clusters are resampled within two strata (those with a y = 0 row,
+    those without), so both classes are present in every resample. Returns {name: (auroc, draws [n_boot])}; a
+    resample's AUROC weighs each (positive, negative) pair by how often both rows were drawn.
+    """
+    y = np.asarray(y)
+    pos, neg = y == 1, y == 0
+    if not pos.any() or not neg.any():
+        raise UserError(f"AUROC needs both classes; got {pos.sum()} OOD and {neg.sum()} ID prompts")
+    cluster = np.arange(len(y)) if groups is None else pd.factorize(np.asarray(groups, dtype=str))[0]
+    has_neg = np.bincount(cluster, weights=neg, minlength=cluster.max() + 1) > 0
+    R = _cluster_counts(cluster, has_neg[cluster], n_boot, np.random.default_rng(seed))[:, cluster]
+    Rp, Rn = R[:, pos], R[:, neg]
+    out = {}
+    for name, score in scores.items():
+        score = np.asarray(score, dtype=float)
+        wins = (score[pos][:, None] > score[neg][None]) + 0.5 * (score[pos][:, None] == score[neg][None])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            draws = ((Rp @ wins) * Rn).sum(axis=1) / (Rp.sum(axis=1) * Rn.sum(axis=1))
+        out[name] = (float(wins.mean()), draws)
+    return out
+
+
 # ---- prompts tables as matrices ---------------------------------------------------------------------------------
 
 
@@ -215,62 +241,90 @@ def benjamini_hochberg(p) -> np.ndarray:
     return adj
 
 
+def diff_column(a: str = "id", b: str = "ood") -> str:
+    """The one sign convention for differences, spelt out in the column name: `ood_minus_id` = OOD − ID."""
+    return f"{b}_minus_{a}"
+
+
+def clusters(index: pd.DataFrame) -> np.ndarray:
+    """Bootstrap unit per prompt row: its `source_id` (prompts derived from one clean text share it) when the
+    index has that column, else the prompt itself."""
+    if "source_id" not in index.columns:
+        return np.arange(len(index))
+    return pd.factorize(index["source_id"].astype(str))[0]
+
+
 def effect_table(
     prompts: pd.DataFrame, a: str = "id", b: str = "ood", n_boot: int = 2000, ci: float = 0.95, seed: int = 0
 ) -> pd.DataFrame:
     """Split b versus split a for every layer × site × metric × threshold, prompts pooled over suites.
 
-    Columns: n_a, n_b; mean_a, mean_b (token-weighted, as split values), diff = mean_b − mean_a with a bootstrap
-    CI (prompts resampled within each split independently); g = Hedges' g of the per-prompt values with a CI from
-    the same resamples; p = Welch's t-test on per-prompt values (two-sided); p_holm, p_bh = p adjusted over all
-    rows of the table (Holm–Bonferroni, Benjamini–Hochberg).
+    Estimand: the difference of the means of per-prompt values, column `{b}_minus_{a}` (e.g. `ood_minus_id`; with
+    matched windows every prompt counts the same tokens, so it is also the token-weighted difference). Its CI
+    (`_lo`, `_hi`) and its test come from one cluster bootstrap: the unit is the source text (`source_id`: a
+    clean passage and every prompt derived from it move together), resampled within two strata (clusters with an
+    `a` prompt, clusters without). p: two-sided Wald test of that same difference with the bootstrap standard
+    error `se`; p_holm, p_bh: p adjusted over all rows (Holm–Bonferroni, Benjamini–Hochberg). The sign of the
+    difference is the direction. g: Hedges' g of the per-prompt values, CI from the same resamples.
+    Also: n_a, n_b (prompts), mean_a, mean_b.
     """
     _check_ci(n_boot, ci)
     check_prompts(prompts)
     present = set(prompts["split"].unique())
     if a not in present or b not in present:
         raise UserError(f"splits {a!r} and {b!r} must both be in the table; it has {sorted(present)}")
-    X, W, features, index = prompt_matrix(prompts[prompts["split"].isin([a, b])], ["split", "suite", "prompt_id"])
+    rows = prompts[prompts["split"].isin([a, b])]
+    keys = ["split", "suite", "prompt_id"] + (["source_id"] if "source_id" in rows.columns else [])
+    X, _, features, index = prompt_matrix(rows, keys)
     ia, ib = (index["split"] == a).to_numpy(), (index["split"] == b).to_numpy()
-    Xa, Wa, Xb, Wb = X[ia], W[ia], X[ib], W[ib]
-    rng = np.random.default_rng(seed)
-    Ca, Cb = _counts(len(Xa), n_boot, rng), _counts(len(Xb), n_boot, rng)
+    cluster = clusters(index)
+    has_a = np.bincount(cluster, weights=ia, minlength=cluster.max() + 1) > 0
+    R = _cluster_counts(cluster, has_a[cluster], n_boot, np.random.default_rng(seed))[:, cluster]
+    Xa, Xb, Ra, Rb = X[ia], X[ib], R[:, ia], R[:, ib]
     one_a, one_b = np.ones((1, len(Xa))), np.ones((1, len(Xb)))
-    F = len(features)
-    cols = {k: np.full(F, np.nan) for k in ("mean_a", "mean_b", "diff_lo", "diff_hi", "g", "g_lo", "g_hi")}
+    F, name = len(features), diff_column(a, b)
+    cols = {k: np.full(F, np.nan) for k in ("mean_a", "mean_b", "lo", "hi", "se", "g", "g_lo", "g_hi")}
     for s in _chunks(F, n_boot * 2):
-        cols["mean_a"][s] = _wmean(one_a, Xa[:, s], Wa[:, s])[0]
-        cols["mean_b"][s] = _wmean(one_b, Xb[:, s], Wb[:, s])[0]
+        cols["mean_a"][s] = _wmean(one_a, Xa[:, s], np.ones_like(Xa[:, s]))[0]
+        cols["mean_b"][s] = _wmean(one_b, Xb[:, s], np.ones_like(Xb[:, s]))[0]
         cols["g"][s] = _hedges_g(one_a, Xa[:, s], one_b, Xb[:, s])[0]
-        diff = _wmean(Cb, Xb[:, s], Wb[:, s]) - _wmean(Ca, Xa[:, s], Wa[:, s])
-        cols["diff_lo"][s], cols["diff_hi"][s] = _interval(diff, ci)
-        cols["g_lo"][s], cols["g_hi"][s] = _interval(_hedges_g(Ca, Xa[:, s], Cb, Xb[:, s]), ci)
+        boots = _wmean(Rb, Xb[:, s], np.ones_like(Xb[:, s])) - _wmean(Ra, Xa[:, s], np.ones_like(Xa[:, s]))
+        cols["lo"][s], cols["hi"][s] = _interval(boots, ci)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            cols["se"][s] = np.nanstd(boots, axis=0, ddof=1)
+        cols["g_lo"][s], cols["g_hi"][s] = _interval(_hedges_g(Ra, Xa[:, s], Rb, Xb[:, s]), ci)
     n_a, n_b = (~np.isnan(Xa)).sum(axis=0), (~np.isnan(Xb)).sum(axis=0)
     small = (n_a < 2) | (n_b < 2)
-    for k in ("diff_lo", "diff_hi", "g_lo", "g_hi"):
+    for k in ("lo", "hi", "se", "g_lo", "g_hi"):
         cols[k][small] = np.nan
     _warn_small([f"{a} or {b} for {small.sum()} features"] if small.any() else [])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # constant features: t and p are NaN
-        p = sps.ttest_ind(Xb, Xa, axis=0, equal_var=False, nan_policy="omit").pvalue
-    p = np.asarray(p, dtype=float)
+    diff = cols["mean_b"] - cols["mean_a"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = np.where(cols["se"] > 0, 2 * sps.norm.sf(np.abs(diff) / cols["se"]), np.nan)
     df = features.assign(n_a=n_a, n_b=n_b, mean_a=cols["mean_a"], mean_b=cols["mean_b"])
-    df = df.assign(diff=df["mean_b"] - df["mean_a"], diff_lo=cols["diff_lo"], diff_hi=cols["diff_hi"])
+    df[name], df[f"{name}_lo"], df[f"{name}_hi"], df["se"] = diff, cols["lo"], cols["hi"], cols["se"]
     df = df.assign(g=cols["g"], g_lo=cols["g_lo"], g_hi=cols["g_hi"], p=p, p_holm=holm(p), p_bh=benjamini_hochberg(p))
-    df.attrs |= {"a": a, "b": b, "test": "Welch t-test on per-prompt values", "effect": "Hedges' g"}
+    df.attrs |= {"a": a, "b": b, "diff": name, "effect": "Hedges' g",
+                 "test": "Wald test of the mean difference, cluster-bootstrap SE (unit: source text)"}
     return df
 
 
 def n_significant(df: pd.DataFrame, alpha: float = 0.05, method: str = "holm") -> pd.DataFrame:
-    """Per site × metric × threshold of an `effect_table`: tests, significant (adjusted p < alpha), up, down."""
+    """Per site × metric × threshold of an `effect_table`: tests, significant (adjusted p < alpha), up, down.
+
+    up / down: the sign of the tested difference (the table's `<b>_minus_<a>` column) among the significant rows.
+    """
     column = {"holm": "p_holm", "bh": "p_bh", "none": "p"}.get(method)
     if column is None:
         raise UserError(f"method={method!r} is not a correction; use 'holm', 'bh' or 'none'")
+    diff = next(c for c in df.columns if "_minus_" in c and not c.endswith(("_lo", "_hi")))
     sig = df[column] < alpha
-    up, down = sig & (df["diff"] > 0), sig & (df["diff"] < 0)
+    up, down = sig & (df[diff] > 0), sig & (df[diff] < 0)
     flags = df.assign(n_tests=df[column].notna(), n_significant=sig, n_up=up, n_down=down)
     counts = ["n_tests", "n_significant", "n_up", "n_down"]
-    return flags.groupby(["site", "metric", "threshold"], dropna=False, sort=True)[counts].sum().reset_index()
+    keys = [k for k in ("family", "site", "metric", "threshold") if k in df.columns]
+    return flags.groupby(keys, dropna=False, sort=True)[counts].sum().reset_index()
 
 
 # ---- trends along corruption ladders -------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -19,7 +19,8 @@ import pandas as pd
 from sparsescope import __version__
 from sparsescope.errors import UserError
 from sparsescope.models import load_model
-from sparsescope.store import RunDir, RunStore
+from sparsescope.models.sites import layer_list
+from sparsescope.store import RunDir, RunStore, claimed_runs, claims
 
 Progress = Callable[..., None]  # progress(n, total, note="")
 
@@ -69,6 +70,7 @@ class ScanOptions:
     seed: int = 0  # seed of generated suites and ladders
     batch_size: int = 8  # prompts per forward pass
     max_tokens: int = 256  # prompts are truncated to this many tokens
+    window: int = 32  # matched tokens per prompt (after position 0 and a shared prefix); 0 = unmatched whole prompts
     token_budget: int | None = None  # at most this many padded tokens per forward pass (prompts sorted by length)
     device: str = "cpu"  # cpu, cuda, cuda:N or auto
     dtype: str = "float32"  # weights' dtype: float32, bfloat16 or float16 (statistics are float64 regardless)
@@ -83,17 +85,8 @@ def split_list(value: str | None) -> list[str] | None:
 
 
 def parse_layers(value: str | None) -> list[int] | None:
-    """``"0,5,10-12"`` → ``[0, 5, 10, 11, 12]``."""
-    if not value:
-        return None
-    layers = []
-    try:
-        for part in value.split(","):
-            lo, _, hi = part.partition("-")
-            layers += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
-    except ValueError:
-        raise UserError(f"bad --layers {value!r}; write e.g. 0,5,10-12") from None
-    return layers
+    """``"0,5,10-12"`` → ``[0, 5, 10, 11, 12]``; None or empty → None (every layer)."""
+    return layer_list(value, "--layers") if value else None
 
 
 def parse_floats(value: str, option: str) -> list[float]:
@@ -104,18 +97,44 @@ def parse_floats(value: str, option: str) -> list[float]:
         raise UserError(f"bad {option} {value!r}; write numbers separated by commas, e.g. 0.25,0.5") from None
 
 
-def _resumed(store: RunStore, resume: str) -> tuple[RunDir, ScanOptions]:
-    """The interrupted scan to finish and the options it was started with."""
+# A scan manifest's `config`: the ScanOptions it was started with (suites as a list), checked before a resume.
+_SCAN_CONFIG = {"model": str, "suites": list, "sites": (str, type(None)), "layers": (str, type(None)),
+                "metrics": (str, type(None)), "ladders": (str, type(None)), "seed": int, "batch_size": int,
+                "max_tokens": int, "window": int, "token_budget": (int, type(None)), "device": str, "dtype": str,
+                "device_map": (str, type(None)), "backend": str, "remote": bool}
+_SCAN_DEFAULTS = {"seed": 0, "ladders": None, "window": 0, "token_budget": None, "device": "cpu", "dtype": "float32",
+                  "device_map": None, "backend": "hooks", "remote": False}  # what older runs, which lack them, used
+
+
+def _resumed(store: RunStore, resume: str, given: ScanOptions) -> tuple[RunDir, ScanOptions]:
+    """The interrupted scan to finish, locked for this process, and the options it was started with.
+
+    Options in ``given`` that differ from both the defaults and the run's own are refused: a resume records the
+    run's remaining suites as it was started, never silently something else."""
     run = store.latest(kind="scan", status="incomplete") if resume == "last" else store.open(resume)
     if run is None:
         raise UserError("no interrupted scan to resume; start a new one without --resume")
+    if run.kind != "scan":
+        raise UserError(f"run {run.run_id} is a {run.kind} run; only scans resume (run the {run.kind} again)")
     if run.status == "complete":
         raise UserError(f"run {run.run_id} is already complete; `sparsescope report {run.run_id}` shows it")
-    cfg = run.manifest.get("config")
-    if not cfg:
-        raise UserError(f"run {run.run_id} has no readable manifest to resume from; start a new scan")
-    known = {f.name for f in fields(ScanOptions)}
-    return run, ScanOptions(**{k: v for k, v in cfg.items() if k in known} | {"suites": ",".join(cfg["suites"])})
+    cfg = _SCAN_DEFAULTS | (run.manifest.get("config") or {})
+    bad = [k for k, t in _SCAN_CONFIG.items() if not isinstance(cfg.get(k), t)]
+    if bad or not all(isinstance(s, str) for s in cfg["suites"]):
+        raise UserError(f"run {run.run_id} has no readable manifest to resume from ('{(bad or ['suites'])[0]}' of "
+                        "its config is missing or damaged); start a new scan")
+    opts = ScanOptions(**{k: cfg[k] for k in _SCAN_CONFIG} | {"suites": ",".join(cfg["suites"])})
+    asked = {k: getattr(given, k) for k in _SCAN_CONFIG if getattr(given, k) != getattr(ScanOptions(), k)}
+    clash = [k for k, v in asked.items() if v != getattr(opts, k) and not (k == "suites" and split_list(v) == cfg[k])]
+    if clash:
+        flags = ", ".join(f"--{k.replace('_', '-')} (the run has {getattr(opts, k)!r})" for k in clash)
+        raise UserError(f"--resume finishes run {run.run_id} with the options it was started with; drop {flags}, "
+                        "or start a new scan without --resume")
+    run.lock()
+    if run.status == "complete":  # finished by another process between the check above and the lock
+        run.unlock()
+        raise UserError(f"run {run.run_id} is already complete; `sparsescope report {run.run_id}` shows it")
+    return run, opts
 
 
 def scan(store: RunStore, opts: ScanOptions, resume: str | None = None, load: Callable = load_model,
@@ -123,16 +142,31 @@ def scan(store: RunStore, opts: ScanOptions, resume: str | None = None, load: Ca
     """Record a scan run (or finish the interrupted one ``resume`` names: its id or "last"), suite by suite.
 
     Each finished suite is written as a part at once; on any exception the run is marked incomplete and can be
-    resumed. Everything the options name is validated before the first write.
+    resumed. Everything the options name (and every prompt's tokens) is checked before the run is created.
     """
-    from sparsescope.probes import CORRUPTIONS, DEFAULT_SUITES, ladder_spec, load_suites
+    since = claims()
+    try:
+        return _scan(store, opts, resume, load, announce, progress)
+    except BaseException as e:  # Ctrl-C or a failure: the run keeps its finished suites and resumes from them
+        for run in claimed_runs(since):
+            if run.status != "complete":
+                run.mark_incomplete(f"interrupted: {type(e).__name__}")
+        raise
+
+
+def _scan(store: RunStore, opts: ScanOptions, resume: str | None, load: Callable, announce: Callable[[str], None],
+          progress: Progress) -> RunDir:
+    from sparsescope.probes import CORRUPTIONS, DEFAULT_SUITES, ladder_spec, load_suites, unique_suites
     from sparsescope.record import RecordConfig, Recorder
+    from sparsescope.record.accuracy import ANSWERS, answer_accuracy
     from sparsescope.record.recorder import BACKENDS, part_key
 
     store.check_writable()
     run = None
     if resume:
-        run, opts = _resumed(store, resume)
+        run, opts = _resumed(store, resume, opts)
+    if opts.suites is not None and not split_list(opts.suites):
+        raise UserError(f"--suites {opts.suites!r} names no suite; pass e.g. prose,code (or leave it out for all)")
     names = split_list(opts.suites) or list(DEFAULT_SUITES)
     corruptions = split_list(opts.ladders) or []
     unknown = [c for c in corruptions if c not in CORRUPTIONS]
@@ -141,8 +175,8 @@ def scan(store: RunStore, opts: ScanOptions, resume: str | None = None, load: Ca
     if opts.backend not in BACKENDS:
         raise UserError(f"unknown backend {opts.backend!r}; pass --backend {' or '.join(BACKENDS)}")
     config = RecordConfig(sites=split_list(opts.sites), layers=parse_layers(opts.layers), metrics=opts.metrics,
-                          batch_size=opts.batch_size, max_tokens=opts.max_tokens, token_budget=opts.token_budget,
-                          backend=opts.backend, remote=opts.remote)
+                          batch_size=opts.batch_size, max_tokens=opts.max_tokens, window=opts.window,
+                          token_budget=opts.token_budget, backend=opts.backend, remote=opts.remote)
     if opts.remote:
         from sparsescope.record.traced import remote_model
 
@@ -154,8 +188,13 @@ def scan(store: RunStore, opts: ScanOptions, resume: str | None = None, load: Ca
     else:
         lm = load(opts.model, device=opts.device, dtype=opts.dtype, device_map=parse_device_map(opts.device_map))
     recorder = Recorder(lm, config)  # validates sites/layers/metrics before anything is written
-    suite_objs = load_suites(names + [f"ladder:{c}" for c in corruptions], tokenizer=lm.tokenizer, seed=opts.seed)
-    if run is None:
+    suite_objs = unique_suites(load_suites(names + [f"ladder:{c}" for c in corruptions], tokenizer=lm.tokenizer,
+                                           seed=opts.seed))
+    planned = {part_key(s): recorder.planned_tokens([s]) for s in suite_objs}  # checks every prompt and window
+    if opts.remote and any(p.answer for s in suite_objs for p in s.prompts):
+        raise UserError("difficulty suites score the model's greedy answers, which --remote does not run; drop the "
+                        "difficulty: suites or scan without --remote")
+    if run is None:  # created only now: a refused input leaves no run behind
         prose = load_suites(["prose"], tokenizer=lm.tokenizer, seed=opts.seed)[0] if corruptions else None
         ladders = {c: ladder_spec(prose, c, seed=opts.seed, tokenizer=lm.tokenizer) for c in corruptions}
         run = store.create(_manifest("scan", lm, suites=names, seed=opts.seed, ladders=ladders,
@@ -164,21 +203,20 @@ def scan(store: RunStore, opts: ScanOptions, resume: str | None = None, load: Ca
                                                     for s in suite_objs}), run_id=None)
     done = run.done_parts()
     todo = [s for s in suite_objs if part_key(s) not in done]
-    ids = [recorder.tokenize([p.text for p in s.prompts]) for s in todo]
-    total = sum(len(i) for suite_ids in ids for i in suite_ids)
-    padded = sum(len(g) * max(len(suite_ids[i]) for i in g) for suite_ids in ids for g in recorder.groups(suite_ids))
+    total = sum(planned[part_key(s)] for s in todo)
+    view = f"matched {config.window}-token windows" if config.window else "UNMATCHED whole prompts"
+    where = f"{opts.backend}{', remote on NDIF' if opts.remote else ''}, {lm.placement.get('device', 'cpu')}"
     announce(f"run [bold]{run.run_id}[/]: {len(recorder.targets)} sites × {len(recorder.metrics)} metrics, "
-             f"{len(todo)} suites to record ({len(done)} already done), {total} tokens "
-             f"({opts.backend}{', remote' if opts.remote else ''} on {lm.placement.get('device')})")
+             f"{len(todo)} suites to record ({len(done)} already done), {total} tokens, {view} ({where})")
     start = time.perf_counter()
-    try:
-        recorder.run(todo, run_id=run.run_id, progress=lambda n: progress(n, total),
-                     on_suite=lambda key, part: run.write_part(
-                         key, {"activations": part.activations, "prompts": part.prompts, "neurons": part.neurons}))
-    except BaseException as e:  # Ctrl-C or a failure: keep the finished suites, say how to resume
-        run.mark_incomplete(f"interrupted: {type(e).__name__}")
-        raise
-    seconds = time.perf_counter() - start
+    recorder.run(todo, run_id=run.run_id, progress=lambda n: progress(n, total),
+                 on_suite=lambda key, part: run.write_part(
+                     key, {"activations": part.activations, "prompts": part.prompts, "neurons": part.neurons}))
+    tasks = [s for s in suite_objs if any(p.answer for p in s.prompts)]
+    if tasks and ANSWERS not in done:  # difficulty ladders: the model's own accuracy per level
+        run.write_part(ANSWERS, {ANSWERS: answer_accuracy(lm, tasks)})
+    seconds = time.perf_counter() - start  # this session's recording (a resumed run times only what it recorded)
+    padded = recorder.padded_tokens  # forward-pass tokens including right padding
     run.manifest["throughput"] = {"tokens": total, "seconds": round(seconds, 3),
                                   "tokens_per_s": round(total / max(seconds, 1e-9), 1),
                                   "padded_tokens": padded, "padding_frac": round(1 - total / max(padded, 1), 4)}
@@ -188,30 +226,56 @@ def scan(store: RunStore, opts: ScanOptions, resume: str | None = None, load: Ca
 
 @dataclass
 class Report:
-    """What `report` found in a scan run: the ID/OOD summary, the statistic tables, the HTML page (or None)."""
+    """What `report` found in a scan run: the metric summarised, the ID/OOD summary (None when the run has no
+    ID or OOD suite, e.g. only ladders), the statistic tables, the HTML page (or None)."""
 
     run: RunDir
     metric: str
-    summary: pd.DataFrame
+    summary: pd.DataFrame | None
     stats: dict[str, pd.DataFrame]
     html: Path | None
 
 
-def open_run(store: RunStore, run_id: str = "last") -> RunDir:
-    """A complete run by id (prefix), or the latest complete one for "last"."""
-    run = store.latest(status="complete") if run_id == "last" else store.open(run_id)
-    if run is None:
-        raise UserError("no complete runs yet; run `sparsescope scan` first")
+def open_run(store: RunStore, run_id: str = "last", kind: str = "scan") -> RunDir:
+    """A complete run of ``kind`` by id (prefix), or the latest complete one of that kind for "last"."""
+    if run_id == "last":
+        run = store.latest(kind=kind, status="complete")
+        if run is None:
+            raise UserError(f"no complete {kind} run in {store.root} yet; record one with `sparsescope {kind}`")
+        return run
+    run = store.open(run_id)
+    if run.kind != kind:
+        raise UserError(f"run {run.run_id} is a {run.kind} run, not a {kind} run; pick a {kind} run "
+                        f"(`sparsescope runs` lists them with their kind)")
     return run
 
 
-def report(run: RunDir, metric: str = "hoyer", html: bool = True) -> Report:
+def default_metric(activations: pd.DataFrame) -> str:
+    """The metric a summary shows when none is asked for: hoyer if recorded, else the run's first recorded one."""
+    from sparsescope.record.metrics import BASE_METRICS, Metric
+
+    recorded = activations[activations["metric"].isin(BASE_METRICS)].drop_duplicates(["metric", "threshold"])
+    if (recorded["metric"] == "hoyer").any() or recorded.empty:
+        return "hoyer"
+    first = recorded.iloc[0]
+    return Metric(first["metric"], float(first["threshold"])).label
+
+
+def report(run: RunDir, metric: str | None = None, html: bool = True) -> Report:
     """Summarise a scan run: ID vs OOD per layer and, with a `prompts` table, the statistics over prompts (their
-    `effects`, `trends` and `detector` tables are written into the run); ``html`` also writes `report.html`."""
-    from sparsescope.harvest.summary import statistics, summary_table
+    `effects`, `trends` and `detector` tables are written into the run); ``html`` also writes `report.html`.
+
+    ``metric`` None: hoyer, or the run's first metric when it has no hoyer. A run without ID or OOD suites
+    (ladders only) has no ID/OOD summary (``summary`` None) but still its statistics and page."""
+    from sparsescope.harvest.summary import DEFAULT_SITES, ID, OOD, statistics, summary_table
     from sparsescope.show.report import write_html
 
-    summary = summary_table(run.read("activations"), metric=metric)
+    acts = run.read("activations")
+    metric = metric or default_metric(acts)
+    summary = None
+    if acts["split"].isin([ID, OOD]).any():
+        present = set(acts["site"])
+        summary = summary_table(acts, metric=metric, sites=[s for s in DEFAULT_SITES if s in present] or None)
     stats = {}
     if "prompts" in run.manifest.get("tables", {}):
         stats = statistics(run.read("prompts"))
@@ -334,3 +398,158 @@ def compare(store: RunStore, model: str, eval_tokens: int = 1024, seq_len: int =
     run = _finish(store, manifest, {"compare": table})
     run.write_file("compare.html", compare_page(run.manifest, table))
     return run, table, seconds
+
+
+# -- plan (harvest planner) ------------------------------------------------------------------------------------
+def plan(store: RunStore, model: str, budget: str = "5%", sparsities: str = "0.3,0.5,0.7", int8: bool = True,
+         eval_tokens: int = 1024, rounds: int = 4, teal: bool = True, apply: bool = False, tokens: int = 32,
+         repeats: int = 3, output: Path | None = None, text: str = "heldout", calibration: str = "calibration",
+         cpu_time: bool = False, load: Callable = load_model, progress: Progress = _quiet):
+    """A harvest plan run (kind `plan`): tables plan, comparison, rounds (+ decode with ``apply``) and plan.yaml.
+
+    Returns ``(run, result, tables)`` (``harvest.planner.PlanResult``, the tables written).
+    """
+    from sparsescope.harvest import planner as pl
+    from sparsescope.probes import load_text
+
+    cfg = pl.PlannerConfig(budget=pl.parse_budget(budget), sparsities=tuple(parse_floats(sparsities, "--sparsities")),
+                           int8=int8, eval_tokens=eval_tokens, rounds=rounds, compare_teal=teal)
+    store.check_writable()
+    texts = load_text(text), load_text(calibration)
+    start = time.perf_counter()
+    lm = load(model)
+    total = pl.n_steps(lm, cfg) + (3 * repeats + 6 if apply else 0)
+    tick = lambda label: progress(1, total, label)  # noqa: E731
+    result = pl.plan(lm, texts[0], texts[1], cfg, tick)
+    tables = {"plan": result.table, "comparison": result.comparison, "rounds": result.rounds}
+    if apply:
+        tables["decode"] = pl.decode_check(lm, result.plan, texts[0], texts[1], tokens, repeats, cfg, tick, cpu_time)
+    config = {"model": model, "budget": cfg.budget, "sparsities": list(cfg.sparsities), "int8": int8,
+              "eval_tokens": eval_tokens, "rounds": rounds, "teal": teal, "apply": apply, "text": text,
+              "calibration": calibration, "cpu_time": cpu_time}
+    run = _finish(store, _manifest("plan", lm, seconds=time.perf_counter() - start, notes=result.plan.notes,
+                                   config=config), tables)
+    result.plan.to_yaml(run.path / "plan.yaml")
+    if output is not None:
+        result.plan.to_yaml(output)
+    return run, result, tables
+
+
+# -- circuits --------------------------------------------------------------------------------------------------
+CIRCUIT_TASKS = "ioi,greater_than,induction,agreement,capitals"
+
+
+def circuits_config(methods: str = "eap,eap_ig,mask", level: str = "heads", ablation: str = "counterfactual",
+                    n: int = 24, seed: int = 0, steps: int = 5, random_seeds: int = 5, validate: int = 0,
+                    mask_steps: int = 60):
+    """A :class:`~sparsescope.circuits.study.DiscoverConfig` from command-line values, checked."""
+    from sparsescope.circuits.mask import MaskConfig
+    from sparsescope.circuits.study import DiscoverConfig, check_methods
+
+    cfg = DiscoverConfig(methods=tuple(split_list(methods) or ()), level=level, ablation=ablation, n=n, seed=seed,
+                         steps=steps, random_seeds=random_seeds, validate=validate, mask=MaskConfig(steps=mask_steps))
+    check_methods(cfg.methods)
+    return cfg
+
+
+def _task_names(tasks: str) -> list[str]:
+    from sparsescope.circuits.tasks import check_task
+
+    names = split_list(tasks) or []
+    if not names:
+        raise UserError("no tasks given; pass e.g. --tasks ioi,induction")
+    for name in names:
+        check_task(name)
+    return names
+
+
+def _circuits_run(store: RunStore, lm, config: dict, tables: dict[str, pd.DataFrame], start: float) -> RunDir:
+    from sparsescope.show.circuits import circuits_page
+
+    run = _finish(store, _manifest("circuits", lm, seconds=time.perf_counter() - start, config=config), tables)
+    run.write_file("circuits.html", circuits_page(run.manifest, tables))
+    return run
+
+
+def circuits_tasks(store: RunStore, model: str, tasks: str = CIRCUIT_TASKS, n: int = 24, seed: int = 0,
+                   load: Callable = load_model, progress: Progress = _quiet):
+    """A circuits run with the ``tasks`` table: accuracy and mean logit difference per task against chance.
+    Returns ``(run, table, seconds)``."""
+    from sparsescope.circuits.study import tasks_table
+
+    names = _task_names(tasks)
+    store.check_writable()
+    start = time.perf_counter()
+    lm = load(model)
+    table = tasks_table(lm, names, n, seed, lambda k: progress(k, len(names)))
+    run = _circuits_run(store, lm, {"command": "tasks", "model": model, "tasks": names, "n": n, "seed": seed},
+                        {"tasks": table}, start)
+    return run, table, time.perf_counter() - start
+
+
+def circuits_discover(store: RunStore, model: str, tasks: str, cfg, save: Path | None = None,
+                      load: Callable = load_model, progress: Progress = _quiet):
+    """A circuits run: every method's ranking, circuit and held-out scores per task (``save``: one circuit JSON per
+    task and method). Returns ``(run, tables, seconds)``."""
+    from sparsescope.circuits.patch import Patcher
+    from sparsescope.circuits.study import run_discovery, save_circuit, work
+
+    names = _task_names(tasks)
+    store.check_writable()
+    start = time.perf_counter()
+    lm = load(model)
+    total = work(cfg, Patcher(lm, cfg.level, "zero").n_nodes) * len(names)
+    tables = run_discovery(lm, names, cfg, lambda k: progress(k, total))
+    if save:
+        save.mkdir(parents=True, exist_ok=True)
+        for (task, method), c in tables["circuit"].groupby(["task", "method"]):
+            save_circuit(save / f"{task}.{method}.json", lm, c, cfg.level)
+    run = _circuits_run(store, lm, {"command": "discover", "model": model, "tasks": names, "discover": asdict(cfg)},
+                        tables, start)
+    return run, tables, time.perf_counter() - start
+
+
+def circuits_compare(store: RunStore, model: str, tasks: str, cfg, prune: str = "magnitude",
+                     sparsity: float | None = None, neurons: bool = True, load: Callable = load_model,
+                     progress: Progress = _quiet):
+    """A circuits run comparing tasks' circuits (overlap), circuit neurons' firing, and dense vs pruned circuits
+    (``sparsity`` defaults to the newest weights run's knee). Returns ``(run, tables, seconds)``."""
+    from sparsescope.circuits.patch import Patcher
+    from sparsescope.circuits.study import compare_pruned, knee_sparsity, work
+
+    names = _task_names(tasks)
+    if len(names) < 2:
+        raise UserError("compare needs at least two tasks to measure overlap; pass e.g. --tasks ioi,induction")
+    store.check_writable()
+    sparsity = knee_sparsity(store, prune) if sparsity is None else sparsity
+    start = time.perf_counter()
+    lm = load(model)
+    total = len(names) * (2 * work(cfg, Patcher(lm, "heads", "zero").n_nodes)
+                          + (work(cfg, Patcher(lm, "neurons", "zero").n_nodes) if neurons else 0))
+    tables = compare_pruned(lm, names, cfg, prune, sparsity, lambda k: progress(k, total), neurons)
+    config = {"command": "compare", "model": model, "tasks": names, "prune": prune, "sparsity": sparsity,
+              "neurons": neurons, "discover": asdict(cfg)}
+    run = _circuits_run(store, lm, config, tables, start)
+    return run, tables, time.perf_counter() - start
+
+
+def circuits_ablate(model: str, task: str, components: str, ablation: str = "counterfactual", n: int = 24,
+                    seed: int = 0, load: Callable = load_model) -> pd.DataFrame:
+    """Metric and accuracy on the task's held-out prompts before and after ablating ``components`` (one row)."""
+    from sparsescope.circuits.patch import parse_components
+    from sparsescope.circuits.study import ablate
+
+    _task_names(task)
+    nodes = parse_components(components)
+    return pd.DataFrame([ablate(load(model), task, nodes, circuits_config(ablation=ablation, n=n, seed=seed))])
+
+
+def circuits_score(model: str, task: str, circuit: Path, ablation: str = "counterfactual", n: int = 24,
+                   seed: int = 0, load: Callable = load_model) -> pd.DataFrame:
+    """Faithfulness, necessity and sufficiency of a saved circuit on the task's held-out prompts (one row)."""
+    from sparsescope.circuits.study import load_circuit, score_circuit
+
+    _task_names(task)
+    lm = load(model)
+    nodes, level = load_circuit(circuit, lm)
+    return pd.DataFrame([score_circuit(lm, task, nodes, level, circuits_config(ablation=ablation, n=n, seed=seed))])

@@ -36,3 +36,18 @@ def model_dir(tmp_path_factory):
     lm.model.save_pretrained(path)
     lm.tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def explorer_store(tmp_path_factory, model_dir):
+    """A run store of real tiny-model runs of every kind the explorer reads, one corrupt and one half-written run;
+    yields (runs folder, {role: run_id})."""
+    from explorer_store import build
+    from tiny import tiny_model
+
+    other = tmp_path_factory.mktemp("tiny-qwen2")
+    lm = tiny_model("qwen2")
+    lm.model.save_pretrained(other)
+    lm.tokenizer.save_pretrained(other)
+    runs = tmp_path_factory.mktemp("explorer-runs")
+    return runs, build(runs, model_dir, other)

@@ -14,7 +14,7 @@ runner = CliRunner()
 
 def scan(model_dir, runs, *extra):
     return runner.invoke(app, ["scan", "--model", str(model_dir), "--suites", "prose,random_tokens",
-                               "--max-tokens", "32", "--runs-dir", str(runs), *extra])
+                               "--max-tokens", "32", "--window", "16", "--runs-dir", str(runs), *extra])
 
 
 def test_scan_report_runs_and_query(model_dir, tmp_path):
@@ -107,3 +107,40 @@ def test_corrupt_run_is_reported_incomplete(model_dir, tmp_path):
     assert "incomplete" in res.output
     res = runner.invoke(app, ["report", run_dir.name, "--runs-dir", str(tmp_path)])
     one_line_error(res, "incomplete")
+
+
+def test_sigkilled_subprocess_scan_resumes_to_the_same_tables(model_dir, tmp_path):
+    """A real crash: the scan process is SIGKILLed mid-run (no Python cleanup at all), then `scan --resume last`
+    finishes it; every table equals an uninterrupted run's."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    suites = "prose,random_tokens,chat,code,shuffled_words"
+    args = ["--model", str(model_dir), "--suites", suites, "--max-tokens", "16", "--window", "8", "--no-report",
+            "--sites", "mlp.hook_post,hook_resid_post"]
+    whole, crashed = tmp_path / "whole", tmp_path / "crashed"
+    assert runner.invoke(app, ["scan", *args, "--runs-dir", str(whole)]).exit_code == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cli = [sys.executable, "-c", "from sparsescope.cli import app; app()"]
+    proc = subprocess.Popen([*cli, "scan", *args, "--runs-dir", str(crashed)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    parts = lambda: list(crashed.glob("*/parts/*.prompts.parquet"))  # noqa: E731
+    while not parts() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)  # mid-run: after the first part, before the fifth
+    proc.wait()
+    (run_dir,) = [p for p in crashed.iterdir() if p.is_dir()]
+    assert json.loads((run_dir / "manifest.json").read_text())["status"] != "complete"
+    assert 1 <= len(parts()) < 5
+    res = runner.invoke(app, ["scan", "--resume", "last", "--runs-dir", str(crashed), "--no-report"])
+    assert res.exit_code == 0, res.output
+    for table in ("activations", "prompts", "neurons"):
+        a, b = (pd.read_parquet(next(p for p in root.iterdir() if p.is_dir()) / f"{table}.parquet")
+                .drop(columns="run_id") for root in (whole, crashed))
+        keys = [c for c in a.columns if c not in ("value",)]
+        a, b = (t.sort_values(keys).reset_index(drop=True) for t in (a, b))
+        pd.testing.assert_frame_equal(a, b)

@@ -103,3 +103,19 @@ def test_calibration_statistics_and_empty_text():
     assert int(cal["blocks.0.mlp.W_out"]["n_tokens"]) == x.shape[0]
     with pytest.raises(UserError, match="empty"):
         calibrate(lm, "")
+
+
+@pytest.mark.parametrize("arch, fused", [("gpt2", "attn.c_attn"), ("gpt_neox", "attention.query_key_value")])
+def test_a_rule_on_one_slice_of_a_fused_qkv_linear_is_refused(arch, fused):
+    lm = tiny_model(arch)
+    snap = snapshot(lm)
+    for sites in (["attn.W_Q"], ["attn.W_K", "mlp.W_in"], ["attn.W_V", "attn.W_Q"]):
+        with pytest.raises(InterventionError, match=f"fused linear '{fused}'.*name all of attn.W_Q, attn.W_K, attn.W_V"):
+            apply(lm, Plan([Rule("_test_affine", {"w_scale": 2.0}, sites=sites)]))
+        assert same(lm, snap)  # nothing applied
+    before = lm.forward(IDS)
+    apply(lm, Plan([Rule("_test_affine", {"w_scale": 2.0}, layers=[0],
+                        sites=["attn.W_Q", "attn.W_K", "attn.W_V"])]))
+    assert not torch.allclose(lm.forward(IDS), before)  # all three named: the fused linear is changed
+    restore(lm)
+    assert same(lm, snap)

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1] / "sparsescope"
 LAYERS = [
     ["errors"],
     ["models", "probes", "store"],
-    ["record", "eval", "intervene", "cost"],
+    ["record", "eval", "intervene", "cost", "kernels.build", "kernels.stats"],  # record's own fused kernel
     ["levers"],
     ["stats", "ood", "spiking", "weights", "kernels", "sae", "circuits"],
     ["harvest"],
@@ -26,6 +26,8 @@ MODULES = sorted(p for p in ROOT.rglob("*.py"))
 def layer_of(parts: list[str]) -> int:
     """Layer of `sparsescope.<parts>`: its top-level subpackage or module (`__init__` = the package root)."""
     top = parts[0] if parts else "__init__"
+    if ".".join(parts[:2]) in LAYER:  # a module placed below its package (the recorder's statistics kernel)
+        return LAYER[".".join(parts[:2])]
     assert top in LAYER, f"sparsescope.{top} has no layer: add it to LAYERS here and to docs/architecture.md"
     return LAYER[top]
 

@@ -97,8 +97,9 @@ def test_all_zero_row_conventions():
 
 
 @pytest.mark.parametrize("spec, needle", [("bogus", "unknown metric"), ("hoyer@0.1", "takes no threshold"),
-                                          ("near_zero_frac@x", "not a number"), ("near_zero_frac@-1", "positive"),
+                                          ("near_zero_frac@x", "not a number"), ("near_zero_frac@-1", "must lie in"),
                                           ("", "no metrics")])
 def test_bad_metric_names(spec, needle):
     with pytest.raises(UserError, match=needle):
         parse_metrics(spec)
+

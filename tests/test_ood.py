@@ -28,7 +28,9 @@ def table(shift: float, n_id: int = 60, n_ood: int = 30, seed: int = 0) -> pd.Da
         [first.assign(layer=-1, site="logits", metric=m, threshold=np.nan, value=draw(len(first))) for m, draw in
          (("nll", lambda n: rng.gamma(4.0, 0.5, n)), ("max_prob", lambda n: rng.uniform(0.2, 0.9, n)))]
     )
-    return pd.concat([P, logits], ignore_index=True)
+    P = pd.concat([P, logits], ignore_index=True)
+    length = dict(zip(first.prompt_id, rng.integers(20, 80, len(first))))  # prompt token counts, no signal either
+    return P.assign(prompt_tokens=P.prompt_id.map(length))
 
 
 def test_profiles_name_columns_and_label_ood():
@@ -54,13 +56,18 @@ def test_profiles_drop_features_missing_for_some_prompts():
     assert "L0.attn.hook_z.zero_frac" not in X.columns and not X.isna().any().any()
 
 
-def test_baseline_scores_are_nll_and_minus_max_prob():
+def test_baseline_scores_are_token_count_nll_and_minus_max_prob():
     P = table(shift=2.0)
     scores = ood.baseline_scores(P)
     rows = P[(P.prompt_id == "noise-4") & (P.site == "logits")].set_index("metric").value
-    assert scores.loc[("noise", "ood", "noise-4")].tolist() == [rows["nll"], -rows["max_prob"]]
-    with pytest.raises(UserError, match="logits"):
-        ood.baseline_scores(P[P.site != "logits"])
+    length = P.loc[P.prompt_id == "noise-4", "prompt_tokens"].iloc[0]
+    assert list(scores.columns) == ["token_count", "nll_per_token", "max_softmax"]
+    assert scores.loc[("noise", "ood", "noise-4")].tolist() == [length, rows["nll"], -rows["max_prob"]]
+    with pytest.warns(UserWarning, match="no LM head"):  # an encoder: the trivial baseline stays, the rest is skipped
+        only = ood.baseline_scores(P[P.site != "logits"])
+    assert list(only.columns) == ["token_count"]
+    with pytest.raises(UserError, match="neither"), pytest.warns(UserWarning):
+        ood.baseline_scores(P[P.site != "logits"].drop(columns="prompt_tokens"))
 
 
 def split_half(X, y, seed=0):
@@ -137,22 +144,62 @@ def test_leave_family_out_never_trains_on_what_it_tests():
     assert results["n_ood"].tolist() == [30] * 3 and results["n_id"].tolist() == [18] * 3
 
 
+METHODS = ["sparsity_profile", "token_count", "nll_per_token", "max_softmax", "baselines_lr"]
+
+
 def test_leave_family_out_scores_detector_and_baselines_side_by_side():
     P = table(shift=2.0)
     X, y = ood.profiles(P)
     families = X.index.get_level_values("suite")
     results = ood.leave_family_out(X, y, families, baselines=ood.baseline_scores(P), n_boot=300)
-    assert results["method"].tolist() == ["sparsity-profile", "perplexity", "max-softmax"] * 3
-    assert results["family"].tolist() == [f for f in sorted(FAMILIES) for _ in range(3)]
-    detector, baseline = results[results.method == "sparsity-profile"], results[results.method != "sparsity-profile"]
+    assert results["method"].tolist() == METHODS * 3
+    assert results["family"].tolist() == [f for f in sorted(FAMILIES) for _ in range(len(METHODS))]
+    detector, baseline = results[results.method == "sparsity_profile"], results[results.method != "sparsity_profile"]
     assert (detector.auroc > 0.95).all() and (detector.lo <= detector.auroc).all()
     assert (detector.auroc <= detector.hi).all()
-    assert (baseline.lo < 0.5).all() and (baseline.hi > 0.5).all()  # planted no signal in nll / max_prob
+    assert (baseline.lo < 0.5).all() and (baseline.hi > 0.5).all()  # planted no signal in length, nll, max_prob
+    assert (detector.profile_minus_best_lo > 0).all()  # the profile beats the best baseline, paired CI above 0
     r = results.iloc[1]
     assert r.fpr[0] == 0 and r.fpr[-1] == 1 and r.tpr[-1] == 1 and np.trapezoid(r.tpr, r.fpr) == pytest.approx(r.auroc)
+    table_ = ood.versus_baseline(results)
+    assert list(table_.family) == sorted(FAMILIES) and (table_.profile == detector.auroc.to_numpy()).all()
     fig = roc_figure(results)
-    assert len(fig.data) == 9 + 3  # 3 families × 3 methods + a chance line per panel
-    assert "sparsity-profile" in fig.data[0].name and f"{detector.auroc.iloc[0]:.2f}" in fig.data[0].name
+    assert len(fig.data) == 15 + 3  # 3 families × 5 methods + a chance line per panel
+    assert "sparsity_profile" in fig.data[0].name and f"{detector.auroc.iloc[0]:.2f}" in fig.data[0].name
+
+
+def test_a_length_signal_is_caught_by_the_token_count_baseline():
+    """OOD prompts that are only longer: the token count baseline is perfect, the profile (no signal) is not, and
+    the paired difference profile − best baseline lies below 0."""
+    P = table(shift=0.0)
+    longer = P.split.eq("ood")
+    P.loc[longer, "prompt_tokens"] += 60
+    X, y = ood.profiles(P)
+    results = ood.leave_family_out(X, y, X.index.get_level_values("suite"), baselines=ood.baseline_scores(P),
+                                   n_boot=300)
+    v = ood.versus_baseline(results)
+    assert (v.best_baseline == "token_count").all() and (v.baseline == 1.0).all()
+    assert (v.hi < 0).all()
+
+
+def test_auroc_draws_pair_the_resamples():
+    """Two nearly identical scores: each AUROC is uncertain, their paired difference is not; sklearn agrees on
+    the point values, and resampling clusters that hold one ID and one OOD prompt still varies the AUROC."""
+    from sparsescope.stats import _interval, auroc_draws
+
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(40), np.ones(40)]
+    a = rng.normal(y * 0.8, 1)
+    b = a + rng.normal(0, 0.01, len(a))
+    d = auroc_draws(y, {"a": a, "b": b}, n_boot=2000)
+    assert d["a"][0] == pytest.approx(roc_auc_score(y, a)) and d["b"][0] == pytest.approx(roc_auc_score(y, b))
+    width_a = np.subtract(*_interval(d["a"][1][:, None], 0.95)[::-1])[0]
+    width_diff = np.subtract(*_interval((d["a"][1] - d["b"][1])[:, None], 0.95)[::-1])[0]
+    assert width_diff < width_a / 10
+    groups = np.r_[np.arange(40), np.arange(40)]  # each OOD prompt shares a source with one ID prompt
+    copies = np.r_[a[:40], a[:40] + 0.8]  # perfectly paired: the AUROC varies with which sources are drawn
+    paired = auroc_draws(y, {"a": copies}, groups, n_boot=2000)["a"][1]
+    assert paired.std() > 0 and abs(paired.mean() - roc_auc_score(y, copies)) < 0.02
 
 
 def test_leave_family_out_needs_two_families():

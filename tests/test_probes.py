@@ -53,12 +53,12 @@ def distinct_words(tok, k):
 
 # ------------------------------------------------------------------------------------------ the bundle
 
-def test_every_bundled_family_loads_with_30_prompts_source_and_licence(tiny_tokenizer):
+def test_every_bundled_family_loads_with_20_prompts_source_and_licence(tiny_tokenizer):
     suites = load_suites(tokenizer=tiny_tokenizer)
     assert [s.name for s in suites] == list(DEFAULT_SUITES)
     assert len(ID_FAMILIES & set(DEFAULT_SUITES)) == 3 and len(set(DEFAULT_SUITES) - ID_FAMILIES) >= 5
     for s in suites:
-        assert len(s.prompts) >= 30, s.name
+        assert len(s.prompts) >= 20, s.name
         assert all(p.text.strip() for p in s.prompts), s.name
         assert s.source.strip() and s.license.strip(), s.name
         assert s.split == ("id" if s.name in ID_FAMILIES else "ood")
@@ -404,3 +404,45 @@ def test_shuffle_gives_every_chosen_position_a_different_value_when_possible():
         assert Counter(out) == Counter(units) and all(a != b for a, b in zip(out, units))
     out = probes._shuffle(list("aaaaab"), 1, rng)  # impossible for all: still a permutation that moves "b"
     assert Counter(out) == Counter("aaaaab") and out[5] == "a"
+
+
+def test_derived_prompts_name_their_clean_source(tiny_tokenizer):
+    prose = {p.id: p.text for p in load_suites(["prose"])[0].prompts}
+    for s in load_suites(["char_noise", "base64_hex", "ladder:shuffle"], tokenizer=tiny_tokenizer):
+        for p in s.prompts:
+            suite_name, _, clean_id = p.source.partition("/")
+            assert suite_name == "prose" and clean_id in prose, (s.name, p.id, p.source)
+    assert all(p.source == "" for p in load_suites(["latex_math"])[0].prompts)
+
+
+def test_difficulty_ladders_have_checkable_answers():
+    from sparsescope.probes import difficulty
+
+    add = difficulty("addition", seed=3)
+    assert [s.split for s in add] == [f"addition@{d}" for d in range(1, 7)]
+    for s in add:
+        for p in s.prompts:
+            *shots, question = p.text.split("\n")
+            a, b = (int(v) for v in question.removesuffix(" =").split(" + "))
+            assert p.answer == f" {a + b}" and len(str(a)) == len(str(b)) == s.level
+            for shot in shots:  # worked examples are correct and of the same level
+                lhs, rhs = shot.split(" = ")
+                x, y = (int(v) for v in lhs.split(" + "))
+                assert x + y == int(rhs) and len(str(x)) == s.level
+    ops = difficulty("list_ops", levels=[1, 3])
+    for s in ops:
+        for p in s.prompts:
+            q = p.text.split("\n\n")[-1].split("\n")
+            xs = [int(v) for v in q[0].removeprefix("List: [").removesuffix("]").split(", ")]
+            steps = q[1].removeprefix("Steps: ").split(", then ")
+            assert len(steps) == s.level
+            for step in steps:  # an independent re-implementation of the six operations
+                xs = {"reverse it": xs[::-1], "sort it": sorted(xs), "drop the first number": xs[1:],
+                      "drop the last number": xs[:-1], "add 1 to each number": [x + 1 for x in xs],
+                      "double each number": [x * 2 for x in xs]}[step]
+            assert p.answer == f" {xs}"
+    assert difficulty("addition", seed=3)[0].prompts[0].text == add[0].prompts[0].text  # seeded
+    with pytest.raises(UserError, match="unknown difficulty task"):
+        difficulty("division")
+    with pytest.raises(UserError, match="levels"):
+        difficulty("addition", levels=[0])

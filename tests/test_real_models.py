@@ -72,7 +72,7 @@ def test_hooked_transformer_sites_match_run_with_cache():
     from sparsescope.probes import Prompt, Suite
 
     suite = Suite("s", "id", [Prompt("p0", text, "s", "id")], "t", "t")
-    run = Recorder(lm, RecordConfig(sites=["mlp.hook_post", "attn.hook_z"], metrics="hoyer")).record_suite(suite)
+    run = Recorder(lm, RecordConfig(sites=["mlp.hook_post", "attn.hook_z"], metrics="hoyer", window=0)).record_suite(suite)
     _, cache = model.run_with_cache(torch.tensor([lm.tokenizer(text)["input_ids"]]))
     for site in ("mlp.hook_post", "attn.hook_z"):
         x = cache[f"blocks.1.{site}"][0].reshape(len(text), -1).double().numpy()

@@ -27,8 +27,8 @@ def key(df):
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "bert"])
 def test_padded_batch_equals_one_at_a_time(arch):
     lm = tiny_model(arch, dtype=torch.float64)
-    batched = Recorder(lm, RecordConfig(batch_size=4)).record_suite(suite())
-    single = Recorder(lm, RecordConfig(batch_size=1)).record_suite(suite())
+    batched = Recorder(lm, RecordConfig(batch_size=4, window=0)).record_suite(suite())
+    single = Recorder(lm, RecordConfig(batch_size=1, window=0)).record_suite(suite())
     a, b = key(batched.prompts), key(single.prompts)
     assert a[["layer", "site", "metric", "prompt_id", "n_tokens"]].equals(b[["layer", "site", "metric", "prompt_id", "n_tokens"]])
     np.testing.assert_allclose(a.value, b.value, rtol=1e-6, atol=1e-9)
@@ -52,7 +52,7 @@ def captured(lm, text, layer, site):
 
 def test_prompt_and_split_values_equal_numpy_on_captured_tensors():
     lm = tiny_model("llama")
-    run = Recorder(lm, RecordConfig(batch_size=3)).record_suite(suite())
+    run = Recorder(lm, RecordConfig(batch_size=3, window=0)).record_suite(suite())
     metrics = [m for m in default_metrics() if m.name != "delta_frac"]
     for site in ("mlp.hook_post", "hook_resid_post", "attn.hook_z"):
         per_prompt, tokens = [], []
@@ -74,7 +74,7 @@ def test_prompt_and_split_values_equal_numpy_on_captured_tensors():
 
 def test_delta_neurons_and_dead_dense_equal_numpy():
     lm = tiny_model("gpt2")
-    run = Recorder(lm, RecordConfig(batch_size=2)).record_suite(suite())
+    run = Recorder(lm, RecordConfig(batch_size=2, window=0)).record_suite(suite())
     xs = [captured(lm, t, 0, "mlp.hook_post")[0] for t in TEXTS]
     allx = np.concatenate(xs)
     rms = np.sqrt((allx**2).mean(1, keepdims=True))
@@ -94,7 +94,7 @@ def test_delta_neurons_and_dead_dense_equal_numpy():
 
 def test_attention_pattern_rows_and_logit_baselines():
     lm = tiny_model("llama", dtype=torch.float64)  # near-uniform random attention: Hoyer cancels in float32
-    run = Recorder(lm, RecordConfig(batch_size=4, sites=["attn.hook_pattern"], metrics="hoyer,near_zero_frac@0.1"))\
+    run = Recorder(lm, RecordConfig(batch_size=4, window=0, sites=["attn.hook_pattern"], metrics="hoyer,near_zero_frac@0.1"))\
         .record_suite(suite())
     for i, text in enumerate(TEXTS):
         ids = torch.tensor([lm.tokenizer(text)["input_ids"]])
@@ -118,14 +118,14 @@ def test_hooks_are_removed_even_on_error():
     lm = tiny_model("llama")
     lm.model.config._attn_implementation = "sdpa"  # no attention weights: the pattern site must fail loudly
     with pytest.raises(UserError, match="eager"):
-        Recorder(lm, RecordConfig(sites=["attn.hook_pattern"])).record_suite(suite())
+        Recorder(lm, RecordConfig(sites=["attn.hook_pattern"], window=0)).record_suite(suite())
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in lm.model.modules())
 
 
 def test_truncation_warns_and_bad_config_errors():
     lm = tiny_model("llama")
     with pytest.warns(UserWarning, match="truncated"):
-        run = Recorder(lm, RecordConfig(max_tokens=8, sites=["mlp.hook_post"])).record_suite(suite())
+        run = Recorder(lm, RecordConfig(max_tokens=8, window=0, sites=["mlp.hook_post"])).record_suite(suite())
     assert run.prompts.n_tokens.max() == 8
     with pytest.raises(UserError, match="unknown site"):
         Recorder(lm, RecordConfig(sites=["mlp.nope"]))
@@ -137,7 +137,7 @@ def test_truncation_warns_and_bad_config_errors():
 
 def test_tables_are_tidy():
     lm = tiny_model("opt")
-    run = Recorder(lm).run([suite(name="a"), suite(name="b", split="ood")], run_id="r1")
+    run = Recorder(lm, RecordConfig(window=0)).run([suite(name="a"), suite(name="b", split="ood")], run_id="r1")
     assert list(run.activations.columns) == ["run_id", "model", "suite", "split", "level", "layer", "site", "metric",
                                              "threshold", "value", "n_tokens"]
     assert set(run.activations.split) == {"id", "ood"} and (run.activations.run_id == "r1").all()

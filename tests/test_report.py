@@ -44,7 +44,7 @@ def hand_summary(df, metric, threshold):
     rows = rows[rows.split.isin(["id", "ood"]) & rows.value.notna()]
     means = rows.groupby(["site", "layer", "split"]).apply(
         lambda g: np.average(g.value, weights=g.n_tokens), include_groups=False).unstack("split")
-    return means["id"] - means["ood"]
+    return means["ood"] - means["id"]
 
 
 @pytest.mark.parametrize("metric, threshold", [("hoyer", np.nan), ("near_zero_frac@0.1", 0.1)])
@@ -52,10 +52,10 @@ def test_summary_difference_equals_hand_groupby(metric, threshold):
     df = activations()
     summary = summary_table(df, metric, sites=None)
     expected = hand_summary(df, metric.partition("@")[0], threshold)
-    got = summary.set_index(["site", "layer"])["diff"]
+    got = summary.set_index(["site", "layer"])["ood_minus_id"]
     assert len(got) == len(SITES) * LAYERS
     pd.testing.assert_series_equal(got.sort_index(), expected.sort_index(), check_names=False)
-    np.testing.assert_allclose(summary["diff"], summary["id"] - summary["ood"])
+    np.testing.assert_allclose(summary["ood_minus_id"], summary["ood"] - summary["id"])
 
 
 def test_summary_default_sites_in_order_and_missing_ones_skipped():
@@ -73,7 +73,7 @@ def test_metric_choice_errors_name_the_fix():
         summary_table(df, "teal")
     with pytest.raises(UserError, match="near_zero_frac@0.01, near_zero_frac@0.1"):
         summary_table(df, "near_zero_frac")
-    assert summary_table(df, "near_zero_frac", threshold=0.01)["diff"].notna().all()
+    assert summary_table(df, "near_zero_frac", threshold=0.01)["ood_minus_id"].notna().all()
     with pytest.raises(UserError, match="not a number"):
         summary_table(df, "near_zero_frac@high")
     with pytest.raises(UserError, match="no 'id' or 'ood' split"):
@@ -86,7 +86,7 @@ def test_print_summary_one_row_per_layer():
     print_summary(summary, console, title="hoyer")
     text = console.export_text()
     first = summary.iloc[0]
-    assert f"{first['id']:.3f}" in text and f"{first['diff']:+.3f}" in text
+    assert f"{first['id']:.3f}" in text and f"{first['ood_minus_id']:+.3f}" in text
     assert all(site in text for site in ["mlp.post", "resid_post", "attn.z"])
     assert len(text.splitlines()) == LAYERS + 4  # title, two header lines, rule
 
@@ -104,7 +104,7 @@ def test_figures_hold_the_expected_traces():
     assert ood.z[list(ood.y).index("mlp.hook_post")][2] == pytest.approx(np.average(cell.value, weights=cell.n_tokens))
 
     diff = figs["difference"]
-    summary = summary_table(df, sites=None).set_index(["site", "layer"])["diff"]
+    summary = summary_table(df, sites=None).set_index(["site", "layer"])["ood_minus_id"]
     assert [t.name for t in diff.data] == SITES
     for trace in diff.data:
         np.testing.assert_allclose(trace.y, summary[trace.name].to_numpy())

@@ -40,12 +40,15 @@ def test_effect_summary_counts_holm_significant_layers_and_finds_the_planted_eff
     stats = statistics(table(), n_boot=200)
     eff = stats["effects"]
     assert set(eff["metric"]) == {"near_zero_frac"}  # zero_frac is not one of the report's metrics
+    assert set(eff["family"]) == {"all", "hex", "noise"}  # pooled, then each OOD suite against ID
     summary = effect_summary(eff)
     for r in summary.itertuples(index=False):
-        rows = eff[eff["site"] == r.site]
-        assert r.n_significant == (holm(eff["p"])[rows.index] < 0.05).sum()
-    z = summary.set_index("site").loc["attn.hook_z"]
-    assert z["n_significant"] >= 1 and z["top_layer"] == 0 and z["g"] > 1 and z["diff_lo"] > 0
+        block = eff[eff["family"] == r.family].reset_index(drop=True)  # Holm within each family's block
+        rows = block[block["site"] == r.site]
+        assert r.n_significant == (holm(block["p"])[rows.index] < 0.05).sum()
+    z = summary.set_index(["family", "site"]).loc[("all", "attn.hook_z")]
+    assert z["n_significant"] >= 1 and z["top_layer"] == 0 and z["g"] > 1 and z["ood_minus_id_lo"] > 0
+    assert z["n_up"] == z["n_significant"] and z["n_down"] == 0
 
 
 def test_layer_groups_average_each_third_of_the_layers_per_prompt():
@@ -65,9 +68,9 @@ def test_trends_find_the_rising_ladder_and_the_detector_beats_chance():
     means = stats["ladder_means"]
     assert set(means["group"]) == {"early", "middle", "late"} and (means["lo"] <= means["hi"]).all()
     det = stats["detector"]
-    assert set(det["family"]) == {"hex", "noise"} and set(det["method"]) == {"sparsity-profile", "perplexity",
-                                                                             "max-softmax"}
-    assert (det.loc[det["method"] == "sparsity-profile", "auroc"] > 0.6).all()
+    assert set(det["family"]) == {"hex", "noise"} and set(det["method"]) == {"sparsity_profile", "nll_per_token",
+                                                                             "max_softmax", "baselines_lr"}
+    assert (det.loc[det["method"] == "sparsity_profile", "auroc"] > 0.6).all()
 
 
 def test_one_prompt_ood_gives_undefined_cis_with_a_warning():
@@ -75,14 +78,14 @@ def test_one_prompt_ood_gives_undefined_cis_with_a_warning():
     df = df[df["suite"] != "noise"]
     with pytest.warns(UserWarning, match="fewer than 2 prompts"):
         stats = statistics(df, n_boot=100)
-    assert stats["effects"][["diff_lo", "diff_hi", "g_lo", "g_hi"]].isna().all().all()
+    assert stats["effects"][["ood_minus_id_lo", "ood_minus_id_hi", "g_lo", "g_hi"]].isna().all().all()
     assert "detector" not in stats  # one OOD family: nothing to hold out
 
 
 def test_scan_with_a_ladder_records_its_levels_and_reports_its_trend(model_dir, tmp_path):
     res = runner.invoke(app, ["scan", "--model", str(model_dir), "--suites", "prose", "--ladders", "shuffle",
                               "--sites", "mlp.hook_post", "--metrics", "hoyer,near_zero_frac@0.1",
-                              "--max-tokens", "16", "--runs-dir", str(tmp_path)])
+                              "--max-tokens", "16", "--window", "8", "--runs-dir", str(tmp_path)])
     assert res.exit_code == 0, res.output
     (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     acts = pd.read_parquet(run_dir / "activations.parquet")
@@ -103,7 +106,8 @@ def test_unknown_ladder_is_a_one_line_error(model_dir, tmp_path):
     one_line_error(res, "unknown ladder 'bogus'")
 
 
-def test_encoder_runs_without_logits_rows_get_the_detector_without_baselines():
-    df = table()
-    stats = statistics(df[df["site"] != "logits"], n_boot=100)
-    assert set(stats["detector"]["method"]) == {"sparsity-profile"}
+def test_encoder_runs_without_logits_rows_get_the_detector_with_the_token_count_baseline_only():
+    df = table().assign(prompt_tokens=32)
+    with pytest.warns(UserWarning, match="no LM head"):
+        stats = statistics(df[df["site"] != "logits"], n_boot=100)
+    assert set(stats["detector"]["method"]) == {"sparsity_profile", "token_count"}

@@ -19,7 +19,7 @@ from sparsescope.models import load_model
 from sparsescope.models.loading import resolve_device, resolve_dtype
 from sparsescope.record import RecordConfig, Recorder
 from sparsescope.record.metrics import default_metrics
-from sparsescope.record.recorder import site_sums
+from sparsescope.record.recorder import _SiteStats, batch_state, observe_site
 from sparsescope.record.traced import check_remote, reduced_bytes_per_token
 from test_metrics import reference
 from test_recorder import TEXTS, captured, suite
@@ -29,7 +29,8 @@ TABLES = ("activations", "prompts", "neurons")
 
 
 def record(lm, **config):
-    return Recorder(lm, RecordConfig(**config)).record_suite(suite())
+    """The tiny prompts are short: whole prompts (window 0) unless a test asks for a window."""
+    return Recorder(lm, RecordConfig(**{"window": 0} | config)).record_suite(suite())
 
 
 def assert_same(a, b):
@@ -38,12 +39,17 @@ def assert_same(a, b):
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "bert"])
-def test_nnsight_backend_equals_hook_backend_exactly(arch):
-    lm = tiny_model(arch)  # float32 on CPU, every site incl. attention patterns, every metric, neurons, logits
-    hooks = record(lm, batch_size=3)
-    traced = record(lm, batch_size=3, backend="nnsight")
+@pytest.mark.parametrize("window", [0, 4])
+@pytest.mark.parametrize("kernels", [True, False])
+def test_nnsight_backend_equals_hook_backend_exactly(arch, window, kernels):
+    """Both backends reduce with the same functions (the fused kernel or its torch twin), so the tables match to the
+    bit: float32 on CPU, every site incl. attention patterns, every metric, neurons, logits, with and without a
+    matched window."""
+    lm = tiny_model(arch)
+    hooks = record(lm, batch_size=3, window=window, kernels=kernels)
+    traced = record(lm, batch_size=3, window=window, kernels=kernels, backend="nnsight")
     assert_same(hooks, traced)
-    assert_same(hooks, record(lm, batch_size=3))  # tracing left the model as it was
+    assert_same(hooks, record(lm, batch_size=3, window=window, kernels=kernels))  # tracing left the model as it was
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in lm.model.modules())
 
 
@@ -51,14 +57,14 @@ def test_nnsight_saves_only_reduced_tensors_of_the_stated_size():
     from sparsescope.record.traced import _wrapper, execution_order, trace_batch
 
     lm = tiny_model("llama")
-    rec = Recorder(lm, RecordConfig(sites=["mlp.hook_post", "hook_resid_post"], batch_size=4))
+    rec = Recorder(lm, RecordConfig(sites=["mlp.hook_post", "hook_resid_post"], batch_size=4, window=0))
     ids = rec.tokenize(TEXTS)
     rows, input_ids, valid = next(iter(rec.batches(ids)))
     wrapper = _wrapper(lm)
     envoys = {id(e._module): e for e in wrapper.modules()}
     places = [(k, envoys[id(lm.sites.hook(*k)[0])], lm.sites.hook(*k)[1], lm.sites.hook(*k)[2])
               for k in execution_order(lm, rec.targets)]
-    saved = trace_batch(wrapper, places, input_ids, valid, rec.static, rec.delta_t, True, True, False, False)
+    saved = trace_batch(wrapper, places, input_ids, valid, 0, rec.spec, rec.pattern_spec, True, True, False, False)
     widths = [lm.model.config.intermediate_size if s == "mlp.hook_post" else lm.model.config.hidden_size
               for _, s in rec.targets]
     got = sum(t.nbytes for part in saved.values() for t in part.values())
@@ -95,9 +101,11 @@ def test_bfloat16_activations_are_reduced_in_float_and_summed_in_float64():
             got = rows[(rows.metric == m.name) & (rows.threshold.fillna(-1) == (-1 if math.isnan(m.threshold)
                                                                                  else m.threshold))]
             assert got.value.item() == pytest.approx(w, rel=1e-5, abs=1e-6), m
-    part = site_sums(torch.randn(2, 3, 8, dtype=torch.bfloat16), torch.ones(2, 3, dtype=torch.bool), metrics, [0.1],
-                     True)
-    assert all(t.dtype == torch.float64 and t.device.type == "cpu" for t in part.values())
+    st = _SiteStats(2, Recorder(lm).spec.width)
+    batch = batch_state(torch.arange(2), torch.ones(2, 3, dtype=torch.bool), 0, 2)
+    for use_kernel in (None, False):  # the fused kernel (CPU) and its torch twin (every other device)
+        observe_site(torch.randn(2, 3, 8, dtype=torch.bfloat16), batch, st, Recorder(lm).spec, True, use_kernel)
+    assert all(t.dtype == torch.float64 for t in (st.acc, st.fire, st.abs_sum))
 
 
 def test_device_map_split_with_disk_offload_records_the_same_statistics(model_dir, tmp_path):
@@ -116,10 +124,10 @@ def test_token_budget_and_length_sorting_change_padding_not_results():
     lm = tiny_model("gpt2", dtype=torch.float64)
     texts = TEXTS * 3
     s = suite(texts)
-    base = Recorder(lm, RecordConfig(batch_size=1, sort_by_length=False)).record_suite(s)
+    base = Recorder(lm, RecordConfig(batch_size=1, sort_by_length=False, window=0)).record_suite(s)
     for config in (dict(batch_size=4, sort_by_length=False), dict(batch_size=8, token_budget=60),
                    dict(batch_size=16)):
-        rec = Recorder(lm, RecordConfig(**config))
+        rec = Recorder(lm, RecordConfig(**config, window=0))
         run = rec.record_suite(s)
         for name in TABLES:
             a, b = getattr(base, name), getattr(run, name)
@@ -163,7 +171,7 @@ def test_device_dtype_and_remote_errors_are_one_line(monkeypatch):
 
 def test_cli_scan_nnsight_records_placement_and_throughput(model_dir, tmp_path):
     runner = CliRunner()
-    common = ["scan", "--model", str(model_dir), "--suites", "prose", "--max-tokens", "24", "--sites",
+    common = ["scan", "--model", str(model_dir), "--suites", "prose", "--max-tokens", "24", "--window", "8", "--sites",
               "mlp.hook_post", "--runs-dir", str(tmp_path), "--no-report"]
     res = runner.invoke(app, [*common, "--backend", "nnsight", "--token-budget", "64", "--device", "auto"])
     assert res.exit_code == 0, res.output

@@ -71,20 +71,45 @@ def planted(shift: float, n_id: int = 40, n_ood: int = 30, seed: int = 0) -> pd.
 
 def test_effect_table_matches_closed_forms():
     P = planted(shift=1.0)
-    df = stats.effect_table(P, n_boot=500)
+    df = stats.effect_table(P, n_boot=4000)
     assert len(df) == len(FEATURES)
-    assert df.attrs["test"].startswith("Welch")
+    assert df.attrs["diff"] == "ood_minus_id" and "Wald" in df.attrs["test"]
     for _, row in df.iterrows():
         rows = P[(P.layer == row.layer) & (P.site == row.site) & (P.metric == row.metric)]
-        a, b = rows[rows.split == "id"], rows[rows.split == "ood"]
-        assert row.mean_a == pytest.approx(np.average(a.value, weights=a.n_tokens), rel=1e-12)
-        assert row["diff"] == pytest.approx(np.average(b.value, weights=b.n_tokens) - row.mean_a, rel=1e-12)
-        assert row.g == pytest.approx(hedges_g(a.value.to_numpy(), b.value.to_numpy()), rel=1e-10)
-        assert row.p == pytest.approx(welch_p(a.value.to_numpy(), b.value.to_numpy()), rel=1e-8)
-        assert row.diff_lo < row["diff"] < row.diff_hi and row.g_lo < row.g < row.g_hi
+        a, b = rows[rows.split == "id"].value.to_numpy(), rows[rows.split == "ood"].value.to_numpy()
+        assert row.mean_a == pytest.approx(a.mean(), rel=1e-12)  # the estimand: mean of per-prompt values
+        assert row.ood_minus_id == pytest.approx(b.mean() - a.mean(), rel=1e-12)
+        assert row.g == pytest.approx(hedges_g(a, b), rel=1e-10)
+        # every prompt its own cluster: the bootstrap SE approaches the plug-in SE of a difference of means
+        plug_in = np.sqrt(a.var() / len(a) + b.var() / len(b))
+        assert row.se == pytest.approx(plug_in, rel=0.06)
+        assert row.p == pytest.approx(2 * sps.norm.sf(abs(b.mean() - a.mean()) / row.se), rel=1e-9)
+        assert row.ood_minus_id_lo < row.ood_minus_id < row.ood_minus_id_hi and row.g_lo < row.g < row.g_hi
     shifted = df.iloc[5]
-    assert shifted.p_holm < 0.05 and shifted.diff_lo > 0
-    assert stats.n_significant(df)["n_significant"].sum() == 1
+    assert shifted.p_holm < 0.05 and shifted.ood_minus_id_lo > 0
+    counts = stats.n_significant(df)
+    assert counts["n_significant"].sum() == 1 and counts["n_up"].sum() == 1 and counts["n_down"].sum() == 0
+
+
+def test_effect_table_resamples_source_texts_not_prompts():
+    """OOD prompts derived from the ID texts (value = its source's + 0.3 + small noise): paired by source, the
+    difference is known to within the noise, so the cluster bootstrap SE is the paired one, far below the
+    SE that treats the 2n prompts as independent."""
+    rng = np.random.default_rng(1)
+    n = 60
+    base = rng.normal(0, 1, n)
+    ood = base + 0.3 + rng.normal(0, 0.05, n)
+    rows = [dict(model="m", run_id="r", suite=s, split=sp, level=0, prompt_id=f"{s}-{i}", source_id=f"prose/{i}",
+                 layer=0, site="mlp.hook_post", metric="hoyer", threshold=np.nan, value=v, n_tokens=32)
+            for s, sp, vals in (("prose", "id", base), ("noise", "ood", ood)) for i, v in enumerate(vals)]
+    P = pd.DataFrame(rows)
+    row = stats.effect_table(P, n_boot=4000).iloc[0]
+    paired = (ood - base).std(ddof=0) / np.sqrt(n)
+    unpaired = np.sqrt(base.var() / n + ood.var() / n)
+    assert row.se == pytest.approx(paired, rel=0.1) and row.se < unpaired / 5
+    assert row.ood_minus_id_lo > 0.25 and row.p < 1e-6
+    independent = stats.effect_table(P.drop(columns="source_id"), n_boot=4000).iloc[0]
+    assert independent.se == pytest.approx(unpaired, rel=0.1)
 
 
 def test_hedges_g_recovers_a_planted_standardized_difference():
@@ -98,7 +123,7 @@ def test_one_prompt_split_gives_nan_cis_and_a_warning():
     P = planted(shift=1.0, n_ood=1)
     with pytest.warns(UserWarning, match="fewer than 2 prompts"):
         df = stats.effect_table(P, n_boot=100)
-    assert df[["diff_lo", "diff_hi", "g_lo", "g_hi"]].isna().all().all()
+    assert df[["ood_minus_id_lo", "ood_minus_id_hi", "g_lo", "g_hi"]].isna().all().all()
     assert df["mean_b"].notna().all()
     with pytest.warns(UserWarning, match="fewer than 2 prompts in b64/ood"):
         means = stats.split_means(P, n_boot=100)
@@ -241,7 +266,7 @@ def test_missing_values_are_skipped_not_propagated():
         warnings.simplefilter("error")
         df = stats.effect_table(P, n_boot=100)
     assert (df.loc[df.layer == 0, "n_a"] == 39).all()
-    assert df[["mean_a", "diff_lo", "g", "p"]].notna().all().all()
+    assert df[["mean_a", "ood_minus_id_lo", "g", "p"]].notna().all().all()
 
 
 def test_auroc_ci_matches_sklearn_on_explicit_resamples():

@@ -14,7 +14,8 @@ from sparsescope.cli._common import DEVICE, DTYPE, RUNS_DIR, MODEL, Bar, app, co
 @friendly
 def scan(
     model: str = MODEL,
-    suites: Optional[str] = typer.Option(None, help="Comma-separated bundled suite names or files (default: all)."),
+    suites: Optional[str] = typer.Option(None, help="Comma-separated bundled suite names or files (default: all); "
+                                         "difficulty:addition / difficulty:list_ops add difficulty ladders."),
     sites: Optional[str] = typer.Option(None, help="Sites, e.g. mlp.hook_post,blocks.3.hook_resid_post "
                                         "(default: all)."),
     layers: Optional[str] = typer.Option(None, help="Layers, e.g. 0,5,10-12 (default: all)."),
@@ -24,6 +25,10 @@ def scan(
     seed: int = typer.Option(0, help="Seed of generated suites and ladders."),
     batch_size: int = typer.Option(8, help="Prompts per forward pass."),
     max_tokens: int = typer.Option(256, help="Truncate prompts to this many tokens."),
+    window: int = typer.Option(32, help="Tokens per prompt that count, at the same positions for every prompt "
+                               "(after position 0 and a suite-wide shared prefix); shorter prompts are left out."),
+    unmatched: bool = typer.Option(False, "--unmatched", help="Count every token of whole prompts instead (the "
+                                   "UNMATCHED view: prompt length and position confound ID vs OOD)."),
     token_budget: Optional[int] = typer.Option(None, help="At most this many padded tokens per forward pass "
                                                "(prompts are grouped by length; results do not change)."),
     device: str = DEVICE,
@@ -43,21 +48,25 @@ def scan(
     from sparsescope.store import RunStore
 
     opts = workflows.ScanOptions(model, suites, sites, layers, metrics, ladders, seed, batch_size, max_tokens,
-                                 token_budget, device, dtype, device_map, backend, remote)
+                                 0 if unmatched else window, token_budget=token_budget, device=device, dtype=dtype,
+                                 device_map=device_map, backend=backend, remote=remote)
     with Bar("scan", "tok") as bar:
         run = workflows.scan(RunStore(runs_dir), opts, resume, load=load, announce=console.print, progress=bar)
     console.print(f"recorded in {bar.elapsed:.1f} s → {run.path}")
     _report(run, html=report)
 
 
-def _report(run, html: bool = True, metric: str = "hoyer") -> None:
+def _report(run, html: bool = True, metric: str | None = None) -> None:
     """Print a scan's summary (and statistics, when it has prompts) and write its report (`scan` and `report`)."""
     from sparsescope import workflows
     from sparsescope.show.terminal import print_stats, print_summary
 
     with console.status("statistics over prompts (bootstrap CIs, trends, detector)"):
         rep = workflows.report(run, metric=metric, html=html)
-    print_summary(rep.summary, out, title=f"{run.run_id}: {metric}, ID vs OOD per layer")
+    if rep.summary is None:
+        out.print(f"{run.run_id}: no ID vs OOD summary (the run has no ID or OOD suite); the report shows its ladders")
+    else:
+        print_summary(rep.summary, out, title=f"{run.run_id}: {rep.metric}, ID vs OOD per layer")
     print_stats(rep.stats, out)
     if run.manifest.get("weights_note"):
         out.print(f"note: {run.manifest['weights_note']}")
@@ -69,11 +78,12 @@ def _report(run, html: bool = True, metric: str = "hoyer") -> None:
 @friendly
 def report(
     run_id: str = typer.Argument("last", help="Run id (prefix) or 'last'."),
-    metric: str = typer.Option("hoyer", help="Metric for the summary table."),
+    metric: Optional[str] = typer.Option(None, help="Metric for the summary table (default: hoyer, or the run's "
+                                                 "first metric)."),
     html: bool = typer.Option(True, help="Also write the self-contained HTML report."),
     runs_dir: Optional[Path] = RUNS_DIR,
 ):
-    """Print the ID vs OOD summary of a run and write its HTML report."""
+    """Print the ID vs OOD summary of a scan run ('last': the newest complete scan) and write its HTML report."""
     from sparsescope.store import RunStore
     from sparsescope.workflows import open_run
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
-from sparsescope.errors import UserError
+from sparsescope.errors import UserError, check_whole
 from sparsescope.eval import Evaluator
 from sparsescope.intervene import Applied, Lever, Plan, Rule, apply
 from sparsescope.models.loading import LoadedModel
@@ -56,8 +56,10 @@ class CompareConfig:
     compositions: bool = True  # also int8 weights + spiking and int4 weights + TEAL
 
     def __post_init__(self) -> None:
-        if int(self.eval_tokens) != self.eval_tokens or self.eval_tokens < 32:
-            raise UserError(f"eval tokens must be a whole number ≥ 32, got {self.eval_tokens!r}")
+        check_whole(self.eval_tokens, "eval tokens", 32)
+        check_whole(self.seq_len, "seq len", 2, "each chunk needs a token and its successor; pass e.g. 256")
+        check_whole(self.calib_tokens, "calibration tokens", 1)
+        check_whole(self.group_size, "group size", 1, "pass e.g. 64 or 32")
         if not all(0 < s < 1 for s in self.teal):
             raise UserError(f"TEAL sparsities must lie in (0, 1), got {list(self.teal)}; pass e.g. 0.25,0.5,0.7")
         if not all(k > 0 for k in self.spike_k):

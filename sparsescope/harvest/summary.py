@@ -15,6 +15,7 @@ from sparsescope.record.metrics import Metric
 from sparsescope.stats import effect_table, ladders, n_significant, split_means, trend_table
 
 ID, OOD = "id", "ood"
+DIFF = "ood_minus_id"  # the one sign convention for differences, everywhere
 DEFAULT_SITES = ("mlp.hook_post", "hook_resid_post", "attn.hook_z")
 
 
@@ -54,7 +55,7 @@ def pooled_means(rows: pd.DataFrame) -> pd.DataFrame:
 
 def summary_table(activations: pd.DataFrame, metric: str = "hoyer", threshold: float | None = None,
                   sites: tuple[str, ...] | list[str] | None = DEFAULT_SITES) -> pd.DataFrame:
-    """Per site and layer: ID mean, OOD mean and `diff` = ID − OOD of one metric (ladder splits are left out).
+    """Per site and layer: ID mean, OOD mean and `ood_minus_id` = OOD − ID of one metric (ladder splits left out).
 
     `sites=None` keeps every site in the table; sites the run did not record are skipped.
     """
@@ -70,18 +71,18 @@ def summary_table(activations: pd.DataFrame, metric: str = "hoyer", threshold: f
                         "pick sites from that list")
     means = pooled_means(rows[rows["site"].isin(keep)])
     wide = means.pivot(index=["site", "layer"], columns="split", values="value").reindex(columns=[ID, OOD])
-    wide["diff"] = wide[ID] - wide[OOD]
+    wide[DIFF] = wide[OOD] - wide[ID]
     out = wide.reset_index().rename_axis(columns=None)
     out = out.sort_values(["site", "layer"], key=lambda c: c.map(keep.index) if c.name == "site" else c,
                           ignore_index=True)
-    return out[["site", "layer", ID, OOD, "diff"]]
+    return out[["site", "layer", ID, OOD, DIFF]]
 
 
 def layer_rows(summary: pd.DataFrame) -> pd.DataFrame:
-    """`summary_table` output with one row per layer and (site, id|ood|diff) columns, sites in their order."""
+    """`summary_table` output with one row per layer and (site, id|ood|ood_minus_id) columns, sites in order."""
     sites = list(dict.fromkeys(summary["site"]))
-    wide = summary.pivot(index="layer", columns="site", values=[ID, OOD, "diff"]).swaplevel(axis=1)
-    return wide.reindex(columns=pd.MultiIndex.from_product([sites, [ID, OOD, "diff"]]))
+    wide = summary.pivot(index="layer", columns="site", values=[ID, OOD, DIFF]).swaplevel(axis=1)
+    return wide.reindex(columns=pd.MultiIndex.from_product([sites, [ID, OOD, DIFF]]))
 
 
 EFFECT_METRICS = (("hoyer", math.nan), ("near_zero_frac", 0.1))
@@ -113,27 +114,40 @@ def layer_groups(prompts: pd.DataFrame) -> pd.DataFrame:
             .agg(value=("value", "mean"), n_tokens=("n_tokens", "first")).reset_index())
 
 
+def _sources(prompts: pd.DataFrame) -> pd.Series:
+    """Source text (the bootstrap unit) per (suite, split, prompt_id); the prompt itself when not recorded."""
+    first = prompts.drop_duplicates(["suite", "split", "prompt_id"]).set_index(["suite", "split", "prompt_id"])
+    if "source_id" in first.columns:
+        return first["source_id"].astype(str)
+    return pd.Series(["/".join(map(str, k)) for k in first.index], index=first.index)
+
+
 def statistics(prompts: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict[str, pd.DataFrame]:
     """The run's statistic tables from its `prompts` table, as far as its splits allow.
 
-    effects: `effect_table` OOD vs ID over hoyer and near_zero_frac@0.1 (Holm over all its rows);
+    effects: `effect_table` OOD vs ID over hoyer and near_zero_frac@0.1, pooled (family "all") and per OOD suite
+    (Holm over the rows of each family's block);
     trends: `trend_table` per ladder (column `ladder`), per layer and per layer group (`group`: layer or
     early/middle/late); ladder_means: `split_means` of the layer groups along each ladder;
     detector: `leave_family_out` with OOD suites as families, the sparsity profile (hoyer, near_zero_frac@0.1,
-    teal_sparsity@0.1 on all recorded sites and layers) against the perplexity and max-softmax baselines
-    (when the run has the logits rows).
+    teal_sparsity@0.1 on all recorded sites and layers) against every `baseline_scores` column and their logistic
+    regression, CIs from a bootstrap over source texts.
     """
     out = {}
     splits = set(prompts["split"])
     if {ID, OOD} <= splits:
-        out["effects"] = effect_table(_metric_pairs(prompts, EFFECT_METRICS), ID, OOD, n_boot=n_boot, seed=seed)
-        ood_rows = prompts[prompts["split"] == OOD]
-        if ood_rows["suite"].nunique() >= 2:
+        rows = _metric_pairs(prompts, EFFECT_METRICS)
+        ood_suites = sorted(rows.loc[rows["split"] == OOD, "suite"].unique())
+        blocks = [("all", rows)] + [(f, rows[(rows["split"] == ID) | (rows["suite"] == f)]) for f in ood_suites]
+        out["effects"] = pd.concat([effect_table(r, ID, OOD, n_boot=n_boot, seed=seed).assign(family=f)
+                                    for f, r in blocks], ignore_index=True)  # Holm within each family's block
+        if len(ood_suites) >= 2:
             X, y = profiles(_metric_pairs(prompts, PROFILE_METRICS))
-            has_logits = (prompts["site"] == "logits").any()  # encoders (no LM head) have no baseline scores
-            base = baseline_scores(prompts) if has_logits else None
+            base = baseline_scores(prompts)  # encoders (no LM head): token count only, with a notice
             families = X.index.get_level_values("suite")
-            out["detector"] = leave_family_out(X, y, families, baselines=base, n_boot=n_boot, seed=seed)
+            groups = _sources(prompts).reindex(X.index).to_numpy()
+            out["detector"] = leave_family_out(X, y, families, baselines=base, groups=groups, n_boot=n_boot,
+                                               seed=seed)
     names = ladders(prompts)
     if names:
         rows = _metric_pairs(prompts, PROFILE_METRICS)
@@ -154,13 +168,16 @@ def statistics(prompts: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict
 
 
 def effect_summary(effects: pd.DataFrame) -> pd.DataFrame:
-    """Per site and metric: layers tested, Holm-significant (up / down), and the layer with the largest |g|."""
+    """Per family, site and metric: layers tested, Holm-significant (up = OOD − ID > 0 / down), and the layer with
+    the largest |g|."""
+    effects = effects if "family" in effects.columns else effects.assign(family="all")
     counts = n_significant(effects, method="holm")
+    keys = ["family", "site", "metric", "threshold"]
     top = effects.loc[effects["g"].abs().fillna(-1).groupby(
-        [effects["site"], effects["metric"], effects["threshold"].fillna(-1)], sort=True).idxmax()]
-    top = top[["site", "metric", "threshold", "layer", "mean_a", "mean_b", "diff", "diff_lo", "diff_hi",
+        [effects["family"], effects["site"], effects["metric"], effects["threshold"].fillna(-1)], sort=True).idxmax()]
+    top = top[[*keys, "layer", "mean_a", "mean_b", DIFF, f"{DIFF}_lo", f"{DIFF}_hi",
                "g", "g_lo", "g_hi", "p_holm"]].rename(columns={"layer": "top_layer"})
-    return counts.merge(top, on=["site", "metric", "threshold"], how="left")
+    return counts.merge(top, on=keys, how="left")
 
 
 def trend_summary(trends: pd.DataFrame) -> pd.DataFrame:

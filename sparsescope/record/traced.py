@@ -1,9 +1,10 @@
 """The nnsight backend: the recorder's own reductions run inside an nnsight trace, locally or on NDIF.
 
 ``Recorder`` with ``backend="nnsight"`` hands its batches here. Each batch is one ``trace``: for every site the
-trace reads the module's input or output and reduces it at once with the recorder's functions (``site_sums``,
-``pattern_sums``, ``next_token_sums``, which call ``record.metrics``), so only per-prompt sums and counts and
-per-neuron firing counts are ``save()``d — never activations. With ``remote=True`` the same trace runs on NDIF
+trace reads the module's input or output and reduces it at once with the hook backend's own reductions
+(``observe_site`` / ``observe_pattern``, the fused statistics kernel or its torch twin, and ``next_token_sums``)
+into a batch-sized ``_SiteStats``, so only per-prompt sums and counts and per-neuron firing counts are ``save()``d
+— never activations. Adding those batch sums to the suite's equals what the hooks accumulate, exactly. With ``remote=True`` the same trace runs on NDIF
 (the National Deep Inference Fabric) and only those reduced tensors are downloaded; the sparsescope package is
 shipped with the request by value (``nnsight.register``), as NDIF does not install it.
 """
@@ -95,37 +96,47 @@ def _wrapper(lm: LoadedModel):
     return lm.wrapper if lm.wrapper is not None else NNsight(lm.model)
 
 
-def trace_batch(wrapper, places: list, input_ids: torch.Tensor, valid: torch.Tensor, static: list, delta_t: list,
-                neurons: bool, causal: bool, logits: bool, remote: bool) -> dict:
-    """One forward pass in an nnsight trace; returns ``{(layer, site) | "logits": reduced sums}`` (tiny tensors).
+def trace_batch(wrapper, places: list, input_ids: torch.Tensor, valid: torch.Tensor, start: int, spec, pattern_spec,
+                neurons: bool, causal: bool, logits: bool, remote: bool, use_kernel: bool | None = None) -> dict:
+    """One forward pass in an nnsight trace; returns ``{(layer, site): {"acc", "fire", "abs_sum"}}`` and
+    ``{"logits": (sums, counts)}`` for the batch's own prompts ``0..B-1`` (tiny float64 CPU tensors).
 
-    ``places`` are ``(key, envoy, io, extract)`` in execution order (``extract`` from ``SiteMap.hook``). Everything
-    inside the ``with`` block runs where the model runs (here, or on NDIF); only ``saved`` comes back."""
+    ``places`` are ``(key, envoy, io, extract)`` in execution order (``extract`` from ``SiteMap.hook``); tokens
+    before position ``start`` do not count (the recorder's window). Everything inside the ``with`` block runs where
+    the model runs (here, or on NDIF); only ``saved`` comes back."""
     import nnsight
 
-    from sparsescope.record.recorder import next_token_sums, pattern_sums, site_sums
+    from sparsescope.record.recorder import PATTERN, _SiteStats, batch_state, next_token_sums, observe_pattern, \
+        observe_site
 
+    n = len(input_ids)
+    batch = batch_state(torch.arange(n), valid, start, n)
     kwargs = {"remote": True} if remote else {}
     with torch.no_grad(), wrapper.trace(input_ids=input_ids, attention_mask=valid.long(), **kwargs):
         saved = {}
         for key, envoy, io, extract in places:
             t = extract(envoy.output if io == "output" else envoy.input)
-            if key[1] == "attn.hook_pattern":
+            if key[1] == PATTERN:
                 if t is None:
                     raise UserError("attn.hook_pattern needs eager attention; load the model with "
                                     "attn_implementation='eager' or drop the site")
-                saved[key] = pattern_sums(t, valid, static, causal)
+                st = _SiteStats(n, pattern_spec.width)
+                observe_pattern(t, batch, st, pattern_spec, causal, use_kernel)
             else:
-                saved[key] = site_sums(t, valid, static, delta_t, neurons)
+                st = _SiteStats(n, spec.width)
+                observe_site(t, batch, st, spec, neurons, use_kernel)
+            saved[key] = {"acc": st.acc[:n].cpu(), "fire": None if st.fire is None else st.fire.cpu(),
+                          "abs_sum": None if st.abs_sum is None else st.abs_sum.cpu()}
         if logits:
-            saved["logits"] = next_token_sums(wrapper.output.logits, input_ids, valid)
+            saved["logits"] = next_token_sums(wrapper.output.logits, input_ids, batch["count"])
         saved = nnsight.save(saved)
     return saved
 
 
-def run_traced(rec, ids: list[list[int]], stats: dict, logit_sums: torch.Tensor, logit_counts: torch.Tensor,
-               progress: Callable[[int], None] | None = None) -> None:
-    """Record one suite's token ids with the nnsight backend into the recorder's streaming sums."""
+def run_traced(rec, ids: list[list[int]], start: int, stats: dict, logit_sums: torch.Tensor,
+               logit_counts: torch.Tensor, progress: Callable[[int], None] | None = None) -> None:
+    """Record one suite's token ids (counted from position ``start``) with the nnsight backend into the recorder's
+    streaming sums. Remote traces use the torch twin of the statistics kernel (nothing is compiled on NDIF)."""
     try:
         import nnsight
     except ImportError:
@@ -141,25 +152,28 @@ def run_traced(rec, ids: list[list[int]], stats: dict, logit_sums: torch.Tensor,
         places.append((key, envoys[id(module)], io, extract))
     logits = bool(rec.config.logits and rec.lm.causal)
     for rows, input_ids, valid in rec.batches(ids):
-        saved = trace_batch(wrapper, places, input_ids, valid, rec.static, rec.delta_t, rec.config.neurons,
-                            rec.lm.causal, logits, rec.config.remote)
+        saved = trace_batch(wrapper, places, input_ids, valid, start, rec.spec, rec.pattern_spec, rec.config.neurons,
+                            rec.lm.causal, logits, rec.config.remote, False if rec.config.remote else rec._kernel)
         rows_t = torch.tensor(rows)
         for key, part in saved.items():
             if key == "logits":
-                logit_sums.index_add_(0, rows_t, part["sums"])
-                logit_counts.index_add_(0, rows_t, part["counts"])
+                logit_sums.index_add_(0, rows_t, part[0])
+                logit_counts.index_add_(0, rows_t, part[1])
             else:
-                stats[key].add(part, rows_t)
+                stats[key].merge(part, rows_t)
         if progress:
             progress(int(valid.sum()))
 
 
 def reduced_bytes_per_token(n_metrics: int, n_delta: int, widths: list[int], tokens_per_prompt: float,
-                            batch_prompts: int) -> dict[str, float]:
-    """Bytes downloaded per token with the nnsight backend vs. shipping raw activations (float32 / bfloat16).
+                            batch_prompts: int, neurons: bool = True) -> dict[str, float]:
+    """Bytes downloaded per token with the nnsight backend vs. shipping raw activations (float32 / bfloat16), for
+    activation sites of the given ``widths`` (not attention patterns: those have no delta or neuron columns).
 
-    Per batch and site: float64 sums ``[B, metrics + delta]`` and counts ``[B] × 2``, and per-neuron ``fire`` and
-    ``abs_sum`` ``[width]`` (float64) — the last part is per batch, so it shrinks per token as batches grow."""
+    Per batch and site: float64 sums ``[B, metrics + delta + 3]`` (the statistics kernel's row: metric sums, then
+    ok / nonfinite / delta-ok token counts) and, with ``neurons``, per-neuron ``fire`` and ``abs_sum`` ``[width]``
+    (float64); the last part is per batch, so it shrinks per token as batches grow. ``tokens_per_prompt`` is the
+    tokens that run (the window's end with matched windows)."""
     tokens = tokens_per_prompt * batch_prompts
-    reduced = sum(8 * batch_prompts * (n_metrics + n_delta + 2) + 16 * w for w in widths) / tokens
+    reduced = sum(8 * batch_prompts * (n_metrics + n_delta + 3) + 16 * w * neurons for w in widths) / tokens
     return {"reduced": reduced, "raw_float32": 4.0 * sum(widths), "raw_bfloat16": 2.0 * sum(widths)}

@@ -17,9 +17,10 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from sparsescope.harvest.summary import (
-    DEFAULT_SITES, GROUPS, ID, OOD, effect_summary, layer_rows, metric_label, metric_rows, pooled_means, summary_table,
-    trend_summary,
+    DEFAULT_SITES, DIFF, GROUPS, ID, OOD, effect_summary, layer_rows, metric_label, metric_rows, pooled_means,
+    summary_table, trend_summary,
 )
+from sparsescope.ood import versus_baseline
 from sparsescope.show.page import PAGE
 from sparsescope.store import RunDir, atomic_write_text
 
@@ -49,12 +50,12 @@ def heatmap(means: pd.DataFrame, name: str) -> go.Figure:
 
 
 def difference(summary: pd.DataFrame, name: str) -> go.Figure:
-    """ID − OOD per layer, one line per site."""
+    """OOD − ID per layer, one line per site."""
     fig = go.Figure()
     for site, rows in summary.groupby("site", sort=False):
-        fig.add_trace(go.Scatter(x=rows["layer"], y=rows["diff"], name=site, mode="lines+markers"))
+        fig.add_trace(go.Scatter(x=rows["layer"], y=rows[DIFF], name=site, mode="lines+markers"))
     fig.add_hline(y=0, line_color="grey", line_width=1)
-    fig.update_layout(title=f"ID − OOD {name} per layer", xaxis_title="layer", yaxis_title=f"Δ {name}")
+    fig.update_layout(title=f"OOD − ID {name} per layer", xaxis_title="layer", yaxis_title=f"OOD − ID {name}")
     return fig
 
 
@@ -123,13 +124,13 @@ def figures(tables: dict[str, pd.DataFrame], metric: str = "hoyer", threshold: f
 
 
 def _summary_html(activations: pd.DataFrame, metric: str, threshold: float | None) -> str:
-    """The ID/OOD summary as an HTML table (layers × site/ID/OOD/diff), or '' for a run without ID/OOD splits."""
+    """The ID/OOD summary as an HTML table (layers × site/ID/OOD/OOD−ID), or '' for a run without ID/OOD splits."""
     rows = metric_rows(activations, metric, threshold)
     if not rows["split"].isin([ID, OOD]).any():
         return ""
     present = set(rows["site"])
     summary = summary_table(rows, metric_label(rows), sites=[s for s in DEFAULT_SITES if s in present] or None)
-    return (f"<h2>ID vs OOD {html.escape(metric_label(rows))} (diff = ID − OOD)</h2>\n"
+    return (f"<h2>ID vs OOD {html.escape(metric_label(rows))} (ood_minus_id = OOD − ID)</h2>\n"
             + layer_rows(summary).to_html(float_format=lambda x: f"{x:.4f}", na_rep="–"))
 
 
@@ -192,7 +193,8 @@ def stats_html(stats: dict[str, pd.DataFrame]) -> list[str]:
     """HTML sections for the statistic tables of `statistics`."""
     body = []
     if "effects" in stats:
-        body += ["<h2>ID vs OOD effects per layer (OOD − ID; Welch t, Holm over all rows; Hedges' g)</h2>",
+        body += ["<h2>ID vs OOD effects per layer (ood_minus_id = OOD − ID of per-prompt means; Wald test with a "
+                 "bootstrap SE over source texts, Holm within each family; Hedges' g)</h2>",
                  _fmt(effect_summary(stats["effects"]))]
     if "trends" in stats:
         body += ["<h2>Trend along corruption ladders (Spearman rho of value vs level, 95% CI)</h2>",
@@ -201,8 +203,9 @@ def stats_html(stats: dict[str, pd.DataFrame]) -> list[str]:
             body.append(ladder_bands(stats["ladder_means"], metric).to_html(full_html=False, include_plotlyjs=False))
     if "detector" in stats:
         det = stats["detector"]
-        body += ["<h2>OOD detector, leave one OOD family out (AUROC, 95% CI)</h2>",
-                 _fmt(det.drop(columns=["fpr", "tpr"])),
+        body += ["<h2>OOD detector, leave one OOD family out: profile vs best baseline (AUROC, paired 95% CI)</h2>",
+                 _fmt(versus_baseline(det)), "<h3>Every method</h3>",
+                 _fmt(det[["family", "method", "auroc", "lo", "hi", "n_id", "n_ood"]]),
                  roc_figure(det).to_html(full_html=False, include_plotlyjs=False)]
     return body
 

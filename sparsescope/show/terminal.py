@@ -7,23 +7,25 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from sparsescope.harvest.summary import DEFAULT_SITES, GROUPS, ID, OOD, effect_summary, layer_rows, trend_summary
+from sparsescope.harvest.summary import (DEFAULT_SITES, DIFF, GROUPS, ID, OOD, effect_summary, layer_rows,
+                                         trend_summary)
+from sparsescope.ood import versus_baseline
 from sparsescope.record.metrics import Metric
 
 
 def print_summary(summary: pd.DataFrame, console: Console | None = None, title: str = "") -> None:
-    """Print `summary_table` output as one row per layer with ID, OOD and Δ columns per site."""
+    """Print `summary_table` output as one row per layer with ID, OOD and OOD − ID columns per site."""
     table = Table(title=title or None, box=box.SIMPLE_HEAD, padding=(0, 0, 0, 1), show_edge=False, pad_edge=False)
     table.add_column("layer", justify="right")
     sites = list(dict.fromkeys(summary["site"]))
     for site in sites:  # short heads ('mlp.post') keep three sites within 80 columns
         short = site.replace("hook_", "")
-        for head in (f"{short}\nID", "\nOOD", "\nΔ"):
+        for head in (f"{short}\nID", "\nOOD", "\nOOD−ID"):
             table.add_column(head, justify="right", no_wrap=True)
     fmt = lambda x, sign="": "–" if pd.isna(x) else f"{x:{sign}.3f}"  # noqa: E731
     for layer, row in layer_rows(summary).iterrows():
-        table.add_row(str(layer), *(fmt(row[(site, col)], "+" if col == "diff" else "") for site in sites
-                                    for col in (ID, OOD, "diff")))
+        table.add_row(str(layer), *(fmt(row[(site, col)], "+" if col == DIFF else "") for site in sites
+                                    for col in (ID, OOD, DIFF)))
     (console or Console()).print(table)
 
 
@@ -34,9 +36,9 @@ def print_stats(stats: dict[str, pd.DataFrame], console: Console) -> None:
     """A short terminal summary of `statistics` (sites of TERMINAL_SITES; the HTML report shows all)."""
     if "effects" in stats:
         s = effect_summary(stats["effects"])
-        s = s[s["site"].isin(TERMINAL_SITES)]
-        console.print("[bold]ID vs OOD, Holm-significant layers[/] (site, metric: significant/tested, up, down; "
-                      "largest g [CI] at layer)")
+        s = s[s["site"].isin(TERMINAL_SITES) & (s["family"] == "all")]
+        console.print("[bold]ID vs OOD, all OOD suites pooled, Holm-significant layers[/] (site, metric: "
+                      "significant/tested, up = OOD − ID > 0, down; largest g \\[CI] at layer)")
         for r in s.itertuples(index=False):
             name = Metric(r.metric, float(r.threshold)).label
             console.print(f"  {r.site:22} {name:20} {r.n_significant:3}/{r.n_tests:<3} up {r.n_up:3} down {r.n_down:3}"
@@ -52,11 +54,14 @@ def print_stats(stats: dict[str, pd.DataFrame], console: Console) -> None:
             console.print(f"  {r.ladder:10} {r.site:18} {name:20} {r.n_increasing:2}/{r.n_decreasing:<2} of "
                           f"{r.n_layers:<2} {rhos}", highlight=False, soft_wrap=True)
     if "detector" in stats:
-        det = stats["detector"]
-        console.print("[bold]OOD detector[/] (AUROC [CI] on the held-out family)")
-        for family, rows in det.groupby("family", sort=False):
-            cells = "  ".join(f"{r.method} {r.auroc:.2f} [{r.lo:.2f}, {r.hi:.2f}]" for r in rows.itertuples())
-            console.print(f"  {family:16} {cells}", highlight=False, soft_wrap=True)
+        console.print("[bold]OOD detector[/] (AUROC \\[CI] on the held-out family: sparsity profile, best baseline, "
+                      "profile − best \\[paired CI])")
+        for r in versus_baseline(stats["detector"]).itertuples():
+            best = "" if not isinstance(r.best_baseline, str) else (
+                f"  {r.best_baseline} {r.baseline:.2f} [{r.baseline_lo:.2f}, {r.baseline_hi:.2f}]"
+                f"  {r.profile_minus_best:+.2f} [{r.lo:+.2f}, {r.hi:+.2f}]")
+            console.print(f"  {r.family:16} profile {r.profile:.2f} [{r.profile_lo:.2f}, {r.profile_hi:.2f}]{best}",
+                          highlight=False, soft_wrap=True)
 
 
 def frame_table(df: pd.DataFrame, title: str) -> Table:
@@ -134,3 +139,36 @@ def print_runs(df: pd.DataFrame, root, console: Console) -> None:
     for row, n in zip(df.itertuples(index=False), counts):
         table.add_row(row.run_id, str(row.kind), str(row.status), str(row.created)[:19], str(n))
     console.print(table, soft_wrap=True)
+
+
+def kernel_tables(table: pd.DataFrame) -> list[Table]:
+    """``bench kernels``: speed-up vs the best dense path, and fraction of the ideal 1/(1−s), per shape × kernel."""
+    out = []
+    for value, title in (("speedup_vs_best_dense", "speed-up vs the best dense path (torch or ours, fp32)"),
+                         ("frac_of_ideal", "fraction of the ideal 1/(1-s), against the dense path of the same "
+                                           "format")):
+        wide = table.pivot_table(index=["shape", "kernel"], columns="sparsity", values=value, sort=False)
+        out.append(frame_table(wide.astype(object).where(wide.notna(), ""), f"{title}; medians of interleaved "
+                                                                             "repeats"))
+    return out
+
+
+def decode_table(model: str, table: pd.DataFrame, what: str) -> Table:
+    """Decode speed and quality per configuration (speed-up vs the faster dense lean loop)."""
+    cols = [c for c in ("ms_per_token", "tokens_per_s", "speedup", "ppl", "rel_delta_ppl", "kl") if c in table]
+    return frame_table(table.set_index("config")[cols], f"{model}: batch-1 decode, lean loop, {what}")
+
+
+def plan_tables(model: str, result, decode: pd.DataFrame | None = None) -> list[Table]:
+    """``sparsescope plan``: choices per weight site, the planners side by side, the plan's decode check."""
+    chosen = result.table[result.table["selected"]]
+    counts = chosen.groupby(["site", "choice"]).size().rename("linears").to_frame()
+    n = result.plan.notes
+    out = [frame_table(counts, f"{model}: chosen per weight site; LM head {result.plan.lm_head}; measured "
+                               f"{n['measured_rel_delta_ppl']:+.2%} ppl ({n['dense_ppl']:.3f} → "
+                               f"{n['measured_ppl']:.3f}), budget {n['budget_rel_ppl']:.1%}"),
+           frame_table(result.comparison.set_index("planner"), "planners at the same budget (time saved per token: "
+                                                                 "predicted from this machine's kernel timings)")]
+    if decode is not None:
+        out.append(decode_table(model, decode, "dense vs planned"))
+    return out

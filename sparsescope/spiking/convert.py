@@ -161,16 +161,11 @@ def spike_plan(plan: Plan | Mapping | str | Path | None = None, *, layers: list[
         plan = Plan([Rule("spike", dict(params), layers, sites)], name="spike")
     elif params or layers is not None or sites is not None:
         raise UserError("pass either a plan or lever parameters (k, coding, layers, ...), not both")
-    elif isinstance(plan, (str, Path)):
-        plan = Plan.from_yaml(plan)
-    elif isinstance(plan, Mapping):
-        plan = Plan.from_dict(plan)
+    plan = Plan.coerce(plan)
     spike_rules = [r for r in plan.rules if r.lever == "spike"]
     if not spike_rules:
         raise UserError("the plan has no 'spike' rule; add one (lever: spike, params: {k: 3})")
     for rule in spike_rules:
-        if not isinstance(rule.params, Mapping):
-            raise UserError(f"spike rule params must be a mapping such as {{k: 3}}, got {rule.params!r}")
         SpikeConfig.from_params(rule.params)
     return plan
 
@@ -194,7 +189,7 @@ def convert(lm: LoadedModel, plan: Plan | Mapping | str | Path | None = None, *,
     gate/up/down linear, k = 3, bitwise). IF/LIF thresholds come from ``calibration`` (computed on the bundled
     calibration text when not given). The model is left untouched when anything is wrong.
     """
-    _check_model(lm)
+    intervene.check_model(lm, "convert/restore")
     plan = spike_plan(plan, **params)
     if getattr(lm, "_applied", None) is not None:
         raise InterventionError("this model is already converted (a plan is applied); restore(lm) first")
@@ -214,12 +209,6 @@ def convert(lm: LoadedModel, plan: Plan | Mapping | str | Path | None = None, *,
 
 def restore(lm: LoadedModel) -> None:
     """Put the original linears back bit-exactly (raises UserError if nothing is converted)."""
-    _check_model(lm)
+    intervene.check_model(lm, "convert/restore")
     intervene.restore(lm)
-
-
-def _check_model(lm: object) -> None:
-    if not isinstance(lm, LoadedModel):
-        raise UserError(f"convert/restore take the LoadedModel from sparsescope.load_model(...), got a "
-                        f"{type(lm).__name__}; wrap it with load_model((model, tokenizer)) once and reuse that")
 

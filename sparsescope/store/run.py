@@ -6,9 +6,11 @@ so a crash at any point leaves a run that resumes from its done parts and is nev
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from urllib.parse import quote
@@ -22,6 +24,25 @@ from .atomic import TMP_SUFFIX, atomic_write_parquet, atomic_write_text
 
 MANIFEST = "manifest.json"
 PARTS = "parts"
+LOCK = ".lock"
+# Manifest fields the code reads, with their JSON types: a hand-edited or foreign manifest with another type is
+# reported as damaged (one line) instead of failing somewhere later.
+FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "status": (str,), "parts_done": (dict,), "tables": (dict,), "kind": (str,), "model": (str,), "created": (str,),
+    "config": (dict,), "suites": (list,), "pid": (int,), "host": (str,), "reason": (str,), "weights_note": (str,),
+}
+_HELD: dict[Path, int] = {}  # run folder → file descriptor of the lock this process holds on it
+_CLAIMED: list[Path] = []  # every run folder this process locked, in order (what a failure may have left behind)
+
+
+def claims() -> int:
+    """How many runs this process has claimed so far: pass it to :func:`claimed_runs` later."""
+    return len(_CLAIMED)
+
+
+def claimed_runs(since: int = 0) -> list["RunDir"]:
+    """The runs this process locked for writing after ``claims()`` returned ``since`` (created or resumed)."""
+    return [RunDir(p) for p in dict.fromkeys(_CLAIMED[since:])]
 
 
 def now() -> str:
@@ -71,7 +92,65 @@ class RunDir:
             return fallback, f"{MANIFEST} is corrupt (no status)"
         manifest.setdefault("parts_done", {})
         manifest.setdefault("tables", {})
+        for key, types in FIELD_TYPES.items():
+            value = manifest.get(key)
+            if value is not None and (not isinstance(value, types) or isinstance(value, bool)):
+                return fallback, f"{MANIFEST} is corrupt ('{key}' is a {type(value).__name__})"
+        counts = [*manifest["tables"].values(), *(n for t in manifest["parts_done"].values()
+                                                  for n in (t.values() if isinstance(t, dict) else [None]))]
+        if not all(isinstance(n, int) and not isinstance(n, bool) for n in counts):
+            return fallback, f"{MANIFEST} is corrupt (row counts of tables or parts are not integers)"
         return manifest, None
+
+    # -- the writer's lock --------------------------------------------------------------------------------------
+    def lock(self) -> "RunDir":
+        """Claim this run for writing by this process, or raise UserError naming the process that writes it.
+
+        An OS lock (``flock``) on ``.lock`` in the run folder: the kernel drops it when its process dies, however
+        it dies, so a lock left by a killed run never blocks a later resume. Held until :meth:`unlock`,
+        :meth:`finalize` or :meth:`mark_incomplete`; every write takes it for its own duration when not held.
+        Taking it re-reads the manifest, since the last writer may have changed it since this object read it.
+        """
+        key = self.path.resolve()
+        if key in _HELD:
+            return self
+        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise UserError(f"run {self.run_id} is being written by {holder}; wait for it to finish "
+                            "(or stop it) before resuming or changing this run") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"process {os.getpid()} on {socket.gethostname()}".encode())
+        _HELD[key] = fd
+        _CLAIMED.append(key)
+        if (self.path / MANIFEST).exists():
+            self.manifest, self.manifest_problem = self._load_manifest()
+        return self
+
+    def unlock(self) -> None:
+        """Release this process's lock on the run (the lock file stays: deleting it could let two writers in)."""
+        fd = _HELD.pop(self.path.resolve(), None)
+        if fd is not None:
+            os.close(fd)  # closing the descriptor releases the flock
+
+    @property
+    def locked(self) -> bool:
+        """Whether this process holds the run's lock."""
+        return self.path.resolve() in _HELD
+
+    @contextmanager
+    def _writing(self):
+        """Hold the lock for one write: the caller's lock if it has one, else a lock taken just for this write."""
+        held = self.locked
+        self.lock()
+        try:
+            yield
+        finally:
+            if not held:
+                self.unlock()
 
     def _save(self) -> None:
         self.manifest["updated"] = now()
@@ -136,6 +215,10 @@ class RunDir:
         """Write one unit of work (e.g. a suite) atomically; it counts as done once the manifest lists it."""
         for name in tables:
             _check_table_name(name)
+        with self._writing():
+            self._write_part(key, tables)
+
+    def _write_part(self, key: str, tables: dict[str, pd.DataFrame]) -> None:
         self._set_running()
         if key in self.manifest["parts_done"]:
             # Forget the older version of this part before overwriting it, so old and new files never mix.
@@ -161,7 +244,7 @@ class RunDir:
         keys = [k for k, tables in self.manifest["parts_done"].items() if k in done and table in tables]
         if not keys:
             raise UserError(f"run {self.run_id} has no finished parts with a '{table}' table yet; "
-                            f"finish it with `{self._resume_hint()}`")
+                            f"{self.next_step()}")
         return pd.concat([pd.read_parquet(self._part_path(k, table)) for k in keys], ignore_index=True)
 
     def _part_tables(self) -> list[str]:
@@ -172,30 +255,41 @@ class RunDir:
     # -- final tables ------------------------------------------------------------------------------------------
     def finalize(self, tables: dict[str, pd.DataFrame] | None = None) -> None:
         """Write the final tables (default: each table concatenated over the parts) and mark the run complete."""
-        if tables is None:
-            tables = {name: self.read_parts(name) for name in self._part_tables()}
-        for name, df in tables.items():
-            _check_table_name(name)
-            atomic_write_parquet(self.path / f"{name}.parquet", df)
-        self.manifest["tables"] |= {name: len(df) for name, df in tables.items()}
-        self.manifest["status"] = "complete"
-        self.manifest.pop("reason", None)
-        self._save()
-        for leftover in [*self.path.glob(f".*{TMP_SUFFIX}"), *self.path.glob(f"{PARTS}/.*{TMP_SUFFIX}")]:
-            leftover.unlink(missing_ok=True)  # temp files of writes a crash interrupted
+        with self._writing():
+            if tables is None:
+                tables = {name: self.read_parts(name) for name in self._part_tables()}
+            for name, df in tables.items():
+                _check_table_name(name)
+                atomic_write_parquet(self.path / f"{name}.parquet", df)
+            self.manifest["tables"] |= {name: len(df) for name, df in tables.items()}
+            self.manifest["status"] = "complete"
+            self.manifest.pop("reason", None)
+            self._save()
+            for leftover in [*self.path.glob(f".*{TMP_SUFFIX}"), *self.path.glob(f"{PARTS}/.*{TMP_SUFFIX}")]:
+                leftover.unlink(missing_ok=True)  # temp files of writes a crash interrupted
+        self.unlock()
 
     def mark_incomplete(self, reason: str) -> None:
-        """Record that the run stopped before finishing (error, interrupt), keeping its done parts for a resume."""
-        self.manifest["status"] = "incomplete"
-        self.manifest["reason"] = reason
-        self._save()
+        """Record that the run stopped before finishing (error, interrupt), keeping its done parts for a resume.
+
+        Best effort: when even this write fails (a full disk), the manifest still says "running" for a dead
+        process, which reads as incomplete too, so the failure that stopped the run is the one reported."""
+        try:
+            with self._writing():
+                self.manifest["status"] = "incomplete"
+                self.manifest["reason"] = reason
+                self._save()
+        except (OSError, UserError):  # UserError: another process writes the run now; its manifest is its own
+            pass
+        self.unlock()
 
     def write_table(self, name: str, df: pd.DataFrame) -> Path:
         """Add an extra table (e.g. a summary) to the run, atomically."""
         _check_table_name(name)
-        path = atomic_write_parquet(self.path / f"{name}.parquet", df)
-        self.manifest["tables"][name] = len(df)
-        self._save()
+        with self._writing():
+            path = atomic_write_parquet(self.path / f"{name}.parquet", df)
+            self.manifest["tables"][name] = len(df)
+            self._save()
         return path
 
     def write_file(self, name: str, text: str) -> Path:
@@ -218,11 +312,14 @@ class RunDir:
         if allow_incomplete:
             return self.read_parts(table)
         raise UserError(f"run {self.run_id} (status {status}) cannot be read: {problem}; "
-                        f"finish it with `{self._resume_hint()}` or pick a complete run (`sparsescope runs`)")
+                        f"{self.next_step()} or pick a complete run (`sparsescope runs`)")
 
     @property
     def kind(self) -> str:
         return self.manifest.get("kind") or "scan"
 
-    def _resume_hint(self) -> str:
-        return f"sparsescope {self.kind} --resume {self.run_id}"
+    def next_step(self) -> str:
+        """How to finish this run: resume it when it has finished parts (scans write parts), else record it again."""
+        if self.done_parts():
+            return f"finish it with `sparsescope {self.kind} --resume {self.run_id}`"
+        return f"record it again with `sparsescope {self.kind}`"

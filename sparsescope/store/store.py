@@ -42,8 +42,14 @@ class RunStore:
     def __repr__(self) -> str:
         return f"RunStore({str(self.root)!r})"
 
+    def _check_folder(self) -> None:
+        if self.root.exists() and not self.root.is_dir():
+            raise UserError(f"runs directory {self.root} is a file, not a folder; pass --runs-dir to a folder "
+                            "(or set SPARSESCOPE_RUNS)")
+
     def check_writable(self) -> None:
         """Fail early, before any work, if runs cannot be written under `root`."""
+        self._check_folder()
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryFile(dir=self.root):
@@ -68,7 +74,7 @@ class RunStore:
                 if run_id is not None:
                     raise UserError(f"run {run_id} already exists in {self.root}; pick another id "
                                     f"or resume it with `sparsescope {kind} --resume {run_id}`") from None
-        run = RunDir(self.root / name)
+        run = RunDir(self.root / name).lock()
         defaults = {"run_id": name, "kind": kind, "model": model, "model_revision": None, "suites": [],
                     "config": {}, "package_version": _package_version()}
         fixed = {"run_id": name, "status": "running", "created": now(), "parts_done": {}, "tables": {}}
@@ -79,6 +85,7 @@ class RunStore:
 
     def runs(self) -> list[RunDir]:
         """All run folders, oldest first."""
+        self._check_folder()
         if not self.root.is_dir():
             return []
         runs = [RunDir(p) for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")]

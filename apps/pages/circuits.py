@@ -1,0 +1,39 @@
+"""Circuits: per-component effects, faithfulness curves, scores against random circuits, overlap between tasks."""
+
+import streamlit as st
+
+import ui
+from sparsescope.show import figures
+
+st.title("Circuits")
+chosen = ui.pick("circuits", "Circuit run", "circ_run", table_name="tasks")
+if not chosen:
+    ui.needs("sparsescope circuits", "circuit run (kind `circuits`)")
+    st.stop()
+run_id = chosen[0]
+tasks = ui.table("tasks", [run_id])
+ui.frame(tasks, key="tasks")
+ui.what("per task: prompts, the model's accuracy and logit difference, and whether it is at chance (then its "
+        "circuit means little).")
+effects = ui.table("effects", [run_id])
+if len(effects):
+    c = st.columns(3)
+    task = c[0].selectbox("Task", list(dict.fromkeys(effects["task"])))
+    method = c[1].selectbox("Method", list(dict.fromkeys(effects["method"])))
+    kind = c[2].selectbox("Component", list(dict.fromkeys(effects["kind"])))
+    e = effects[(effects["task"] == task) & (effects["method"] == method) & (effects["kind"] == kind)]
+    ui.chart(figures.effect_heatmap(e, f"{task}: {method} effect per {kind}"),
+             "the effect of each component on the task metric (blue: removing it hurts, red: removing it helps).",
+             key="effects")
+faith = ui.table("faithfulness", [run_id])
+if len(faith):
+    ui.chart(figures.faithfulness_curves(faith), "how much of the full model's task behaviour a circuit keeping "
+             "that share of components recovers (1 = all).", key="faith")
+scores = ui.table("scores", [run_id])
+if len(scores):
+    ui.frame(scores, key="scores")
+    ui.what("CPR / CMD, necessity and sufficiency of each circuit beside a random circuit of the same size.")
+overlap = ui.table("overlap", [run_id])
+if len(overlap):
+    ui.chart(figures.overlap_heatmap(overlap), "how much the circuits of two tasks share (Jaccard of components): "
+             "modularity is low overlap.", key="overlap")

@@ -1,0 +1,161 @@
+"""Drive the explorer in a real browser: start `sparsescope app`, visit every page, time it, screenshot it.
+
+Used by tests/test_explorer_browser.py (any store) and as a benchmark on a store of real scans:
+
+    python benchmarks/explorer.py RUNS_DIR [--out artifacts/explorer] [--repeats 3]
+
+prints the first meaningful paint of the landing page (navigation start → page title and first chart drawn)
+and the page-switch times (sidebar click → the new page's title and content drawn), medians over repeats.
+Needs Debian's chromium (/usr/bin/chromium) and the playwright package (the [dev] extra).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+CHROMIUM = os.environ.get("SPARSESCOPE_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+# (title as the page shows it, its navigation label, its url path)
+PAGES = [("Harvest: where latent sparsity pays", "Harvest", ""), ("Overview", "Overview", "overview"),
+         ("ID vs OOD", "ID vs OOD", "id_vs_ood"), ("Spiking & head-to-head", "Spiking & head-to-head", "spiking"),
+         ("Neurons", "Neurons", "neurons"), ("SAE features", "SAE features", "sae"),
+         ("Circuits", "Circuits", "circuits")]
+EXCEPTION = '[data-testid="stException"]'
+
+
+def chromium_missing() -> str | None:
+    """Why the browser cannot run here, or None."""
+    if not Path(CHROMIUM).is_file() and not shutil.which("chromium"):
+        return f"chromium is not installed ({CHROMIUM}); .ci/run installs it with apt-get install -y chromium"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "the playwright package is missing; pip install -e '.[dev]'"
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve(runs: Path | str, port: int | None = None, timeout: float = 120):
+    """`sparsescope app` as a subprocess on a free port; yields its URL, stops it afterwards."""
+    port = port or free_port()
+    exe = Path(sys.executable).with_name("sparsescope")
+    cmd = [str(exe) if exe.exists() else "sparsescope", "app", "--runs", str(runs), "--port", str(port)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"sparsescope app exited with {proc.returncode}: {proc.stdout.read()}")
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"sparsescope app did not answer on {url} within {timeout:.0f} s")
+            time.sleep(0.25)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _drawn(page, title: str, timeout_ms: float) -> None:
+    """Wait until the page's title is shown (its script has started), the script has finished, and a chart is drawn."""
+    page.get_by_role("heading", name=title, exact=True).first.wait_for(timeout=timeout_ms)
+    page.locator('[data-testid="stApp"][data-test-script-state="notRunning"]').wait_for(timeout=timeout_ms)
+    if page.locator('[data-testid="stPlotlyChart"]').count():
+        page.locator('[data-testid="stPlotlyChart"] .main-svg').first.wait_for(timeout=timeout_ms)
+
+
+def visit(url: str, out: Path | str | None = None, timeout_ms: float = 60_000) -> dict:
+    """Open the landing page, then click through every page in the sidebar.
+
+    Returns {"first_paint_s", "switch_s": {page: s}, "errors": {page: [texts of exception boxes]},
+    "headings": {page: [h1-h3 texts]}, "console_errors": [...]} and saves one full-page screenshot per page to `out`.
+    """
+    from playwright.sync_api import sync_playwright
+
+    out = Path(out) if out else None
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+    result = {"switch_s": {}, "errors": {}, "headings": {}, "console_errors": []}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM if Path(CHROMIUM).is_file() else shutil.which("chromium"),
+                                    args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 1300})
+        page.on("pageerror", lambda e: result["console_errors"].append(str(e)))
+        start = time.perf_counter()
+        page.goto(url, wait_until="commit")
+        _drawn(page, PAGES[0][0], timeout_ms)
+        result["first_paint_s"] = time.perf_counter() - start
+        for i, (title, nav, path) in enumerate(PAGES):
+            if i:
+                start = time.perf_counter()
+                page.locator('[data-testid="stSidebarNav"]').get_by_text(nav, exact=True).click()
+                _drawn(page, title, timeout_ms)
+                result["switch_s"][nav] = time.perf_counter() - start
+            result["errors"][nav] = page.locator(EXCEPTION).all_inner_texts()
+            result["headings"][nav] = page.locator("h1, h2, h3").all_inner_texts()
+            if out:  # tables and the lower charts finish drawing after the first meaningful paint
+                page.wait_for_function("() => !document.querySelector('[data-testid=\"stSkeleton\"]')",
+                                       timeout=timeout_ms)
+                page.wait_for_timeout(1500)
+                page.screenshot(path=str(out / f"{path or 'harvest'}.png"), full_page=True)
+        browser.close()
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", type=Path)
+    ap.add_argument("--out", type=Path, default=Path("artifacts/explorer"))
+    ap.add_argument("--repeats", type=int, default=3)
+    a = ap.parse_args()
+    why = chromium_missing()
+    if why:
+        sys.exit(why)
+    first, switch = [], {}
+    with serve(a.runs) as url:
+        visit(url, None)  # warm-up: the server's first script run imports the libraries
+        for i in range(a.repeats):
+            r = visit(url, a.out if i == 0 else None)
+            first.append(r["first_paint_s"])
+            for k, v in r["switch_s"].items():
+                switch.setdefault(k, []).append(v)
+            bad = {k: v for k, v in r["errors"].items() if v}
+            if bad or r["console_errors"]:
+                print("page errors:", json.dumps(bad), r["console_errors"])
+    load = os.getloadavg()
+    print(f"runs: {a.runs} ({sum(1 for p in a.runs.iterdir() if p.is_dir())} run folders); load {load[0]:.2f}")
+    print(f"first meaningful paint (landing): median {statistics.median(first):.2f} s over {len(first)} "
+          f"({', '.join(f'{x:.2f}' for x in first)})")
+    for k, v in switch.items():
+        print(f"switch to {k:24} median {statistics.median(v):.2f} s  max {max(v):.2f} s")
+
+
+if __name__ == "__main__":
+    main()
