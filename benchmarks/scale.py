@@ -2,10 +2,11 @@
 
 1. hook backend vs nnsight backend (local trace): seconds per pass over the same batches, and equality of the tables;
 2. bytes a trace saves (reduced statistics) vs the raw activations of the same sites, per token;
-3. padded tokens with prompts sorted by length (and a token budget) vs prompt order;
+3. padded tokens with prompts sorted by length (and a token budget) vs prompt order (whole prompts: matched windows
+   give every prompt of a suite the same length, so they never pad);
 4. bfloat16 vs float32 weights: largest change of any split-level metric.
 
-Run: PYTHONPATH=. python benchmarks/scale.py [--repeats 3] [--suites prose,code]
+Run: PYTHONPATH=. python benchmarks/scale.py [--repeats 3] [--suites prose,code] [--window 32] [--sites ...]
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ from sparsescope.record import RecordConfig, Recorder
 from sparsescope.record.traced import _wrapper, execution_order, reduced_bytes_per_token, trace_batch
 
 
+def load() -> str:
+    return open("/proc/loadavg").read().split()[0]
+
+
 def timed(fn) -> float:
     start = time.perf_counter()
     fn()
@@ -34,14 +39,16 @@ def main() -> None:
     ap.add_argument("--suites", default="prose,code")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--sites", default=None, help="e.g. mlp.hook_post (default: every site)")
+    ap.add_argument("--window", type=int, default=32, help="matched window (0 = whole prompts)")
     args = ap.parse_args()
     lm = load_model("smollm2-135m")
     suites = load_suites(args.suites.split(","), tokenizer=lm.tokenizer)
-    base = dict(max_tokens=args.max_tokens, batch_size=8, sites=args.sites.split(",") if args.sites else None)
+    base = dict(max_tokens=args.max_tokens, batch_size=8, sites=args.sites.split(",") if args.sites else None,
+                window=args.window)
     hooks, traced = Recorder(lm, RecordConfig(**base)), Recorder(lm, RecordConfig(**base, backend="nnsight"))
-    n_tokens = sum(len(i) for s in suites for i in hooks.tokenize([p.text for p in s.prompts]))
-    print(f"SmolLM2-135M, {len(hooks.targets)} sites (all), {len(hooks.metrics)} metrics, {n_tokens} tokens "
-          f"of {args.suites}, torch threads {torch.get_num_threads()}")
+    n_tokens = hooks.planned_tokens(suites)
+    print(f"SmolLM2-135M, {len(hooks.targets)} sites, {len(hooks.metrics)} metrics, window {args.window}, "
+          f"{n_tokens} tokens of {args.suites}, torch threads {torch.get_num_threads()}, uptime load {load()}")
 
     # 1. backends, interleaved
     times = {"hooks": [], "nnsight": []}
@@ -57,13 +64,17 @@ def main() -> None:
 
     # 2. bytes saved by one trace vs raw activations of the same sites (one batch of 8 prompts)
     ids = traced.tokenize([p.text for p in suites[0].prompts])
+    start, kept = traced.window_plan(suites[0], ids)
+    ids = [ids[k][: start + args.window] if args.window else ids[k] for k in kept]
     rows, input_ids, valid = next(iter(traced.batches(ids)))
     wrapper = _wrapper(lm)
     envoys = {id(e._module): e for e in wrapper.modules()}
     places = [(k, envoys[id(lm.sites.hook(*k)[0])], *lm.sites.hook(*k)[1:])
               for k in execution_order(lm, traced.targets)]
-    saved = trace_batch(wrapper, places, input_ids, valid, traced.static, traced.delta_t, True, True, True, False)
-    reduced = sum(t.nbytes for part in saved.values() for t in part.values())
+    saved = trace_batch(wrapper, places, input_ids, valid, start, traced.spec, traced.pattern_spec, True, True, True,
+                        False)
+    reduced = sum(t.nbytes for part in saved.values() for t in (part.values() if isinstance(part, dict) else part)
+                  if t is not None)
     raw = {}
     handles = []
     for key in traced.targets:
@@ -83,20 +94,21 @@ def main() -> None:
         print(f"    (sites: {args.sites})")
     for name, layers, width, mlp in (("SmolLM2-135M", 30, 576, 1536), ("Llama-3.1-8B", 32, 4096, 14336),
                                      ("Llama-3.1-70B", 80, 8192, 28672)):
-        f = reduced_bytes_per_token(len(traced.static), len(traced.delta_t), [mlp] * layers, 256, 8)
-        print(f"    {name}: mlp.hook_post of every layer, 8 prompts × 256 tokens per trace: reduced "
-              f"{f['reduced']:,.0f} B/token vs raw bf16 {f['raw_bfloat16']:,.0f} B/token "
-              f"({f['raw_bfloat16'] / f['reduced']:.0f}×)")
+        for tokens, rows_per_trace in ((33, 8), (33, 64), (256, 8), (256, 32)):
+            f = reduced_bytes_per_token(len(traced.static), len(traced.delta_t), [mlp] * layers, tokens, rows_per_trace)
+            print(f"    {name}: mlp.hook_post of every layer, {rows_per_trace} prompts × {tokens} tokens per trace: "
+                  f"reduced {f['reduced']:,.0f} B/token vs raw bf16 {f['raw_bfloat16']:,.0f} B/token "
+                  f"({f['raw_bfloat16'] / f['reduced']:.0f}×)")
 
-    # 3. padding
+    # 3. padding (whole prompts)
+    whole = [rec_ids for rec_ids in (Recorder(lm, RecordConfig(**base | {"window": 0})).tokenize(
+        [p.text for p in s.prompts]) for s in suites)]
+    n_whole = sum(len(i) for sid in whole for i in sid)
     for cfg in (dict(sort_by_length=False), dict(), dict(token_budget=1024)):
-        rec = Recorder(lm, RecordConfig(**base, **cfg))
-        padded = 0
-        for s in suites:
-            sid = rec.tokenize([p.text for p in s.prompts])
-            padded += sum(len(g) * max(len(sid[i]) for i in g) for g in rec.groups(sid))
-        print(f"[3] {cfg or 'sorted by length'}: {padded} padded tokens for {n_tokens} tokens "
-              f"({1 - n_tokens / padded:.1%} padding)")
+        rec = Recorder(lm, RecordConfig(**base | {"window": 0}, **cfg))
+        padded = sum(len(g) * max(len(sid[i]) for i in g) for sid in whole for g in rec.groups(sid))
+        print(f"[3] whole prompts, {cfg or 'sorted by length'}: {padded} padded tokens for {n_whole} tokens "
+              f"({1 - n_whole / padded:.1%} padding)")
 
     # 4. bf16 vs fp32
     bf = load_model("smollm2-135m", dtype="bfloat16")

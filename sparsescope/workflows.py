@@ -159,7 +159,7 @@ def _scan(store: RunStore, opts: ScanOptions, resume: str | None, load: Callable
     from sparsescope.probes import CORRUPTIONS, DEFAULT_SUITES, ladder_spec, load_suites, unique_suites
     from sparsescope.record import RecordConfig, Recorder
     from sparsescope.record.accuracy import ANSWERS, answer_accuracy
-    from sparsescope.record.recorder import BACKENDS, part_key
+    from sparsescope.record.recorder import part_key
 
     store.check_writable()
     run = None
@@ -172,16 +172,12 @@ def _scan(store: RunStore, opts: ScanOptions, resume: str | None, load: Callable
     unknown = [c for c in corruptions if c not in CORRUPTIONS]
     if unknown:
         raise UserError(f"unknown ladder {unknown[0]!r}; choose from {','.join(CORRUPTIONS)}")
-    if opts.backend not in BACKENDS:
-        raise UserError(f"unknown backend {opts.backend!r}; pass --backend {' or '.join(BACKENDS)}")
     config = RecordConfig(sites=split_list(opts.sites), layers=parse_layers(opts.layers), metrics=opts.metrics,
                           batch_size=opts.batch_size, max_tokens=opts.max_tokens, window=opts.window,
                           token_budget=opts.token_budget, backend=opts.backend, remote=opts.remote)
     if opts.remote:
         from sparsescope.record.traced import remote_model
 
-        if opts.backend != "nnsight":
-            raise UserError("--remote runs through nnsight; add --backend nnsight")
         if opts.device_map or opts.device != "cpu" or opts.dtype != "float32":
             raise UserError("--remote runs on NDIF's GPUs in NDIF's dtype; drop --device, --dtype and --device-map")
         lm = remote_model(opts.model)

@@ -59,9 +59,10 @@ class RecordConfig:
         check_whole(self.max_tokens, "max tokens", 2, "pass e.g. --max-tokens 256")
         if self.token_budget is not None:
             check_whole(self.token_budget, "token budget", 1, "pass e.g. --token-budget 4096 (padded tokens per batch)")
-        if self.backend not in BACKENDS or (self.remote and self.backend != "nnsight"):
-            raise UserError(f"unknown backend {self.backend!r} (or --remote without nnsight); pass --backend "
-                            f"{' or '.join(BACKENDS)}, and --remote only with --backend nnsight")
+        if self.backend not in BACKENDS:
+            raise UserError(f"unknown backend {self.backend!r}; pass --backend {' or '.join(BACKENDS)}")
+        if self.remote and self.backend != "nnsight":
+            raise UserError("--remote runs through nnsight; add --backend nnsight")
 
 
 @dataclass

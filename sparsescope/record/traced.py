@@ -4,9 +4,10 @@
 trace reads the module's input or output and reduces it at once with the hook backend's own reductions
 (``observe_site`` / ``observe_pattern``, the fused statistics kernel or its torch twin, and ``next_token_sums``)
 into a batch-sized ``_SiteStats``, so only per-prompt sums and counts and per-neuron firing counts are ``save()``d
-— never activations. Adding those batch sums to the suite's equals what the hooks accumulate, exactly. With ``remote=True`` the same trace runs on NDIF
-(the National Deep Inference Fabric) and only those reduced tensors are downloaded; the sparsescope package is
-shipped with the request by value (``nnsight.register``), as NDIF does not install it.
+— never activations. Adding those batch sums to the suite's equals what the hooks accumulate, exactly.
+With ``remote=True`` the same trace runs on NDIF (the National Deep Inference Fabric) and only those reduced
+tensors are downloaded; the sparsescope package is shipped with the request by value (``nnsight.register``), as
+NDIF does not install it.
 """
 
 from __future__ import annotations
@@ -97,13 +98,15 @@ def _wrapper(lm: LoadedModel):
 
 
 def trace_batch(wrapper, places: list, input_ids: torch.Tensor, valid: torch.Tensor, start: int, spec, pattern_spec,
-                neurons: bool, causal: bool, logits: bool, remote: bool, use_kernel: bool | None = None) -> dict:
+                neurons: bool, causal: bool, logits: bool, remote: bool, use_kernel: bool | None = None,
+                device: torch.device | None = None) -> dict:
     """One forward pass in an nnsight trace; returns ``{(layer, site): {"acc", "fire", "abs_sum"}}`` and
     ``{"logits": (sums, counts)}`` for the batch's own prompts ``0..B-1`` (tiny float64 CPU tensors).
 
     ``places`` are ``(key, envoy, io, extract)`` in execution order (``extract`` from ``SiteMap.hook``); tokens
     before position ``start`` do not count (the recorder's window). Everything inside the ``with`` block runs where
-    the model runs (here, or on NDIF); only ``saved`` comes back."""
+    the model runs (here, or on NDIF); only ``saved`` comes back. ``device``: where a local model takes its inputs
+    (``LoadedModel.device``); the masks stay on the CPU for the bookkeeping."""
     import nnsight
 
     from sparsescope.record.recorder import PATTERN, _SiteStats, batch_state, next_token_sums, observe_pattern, \
@@ -112,7 +115,8 @@ def trace_batch(wrapper, places: list, input_ids: torch.Tensor, valid: torch.Ten
     n = len(input_ids)
     batch = batch_state(torch.arange(n), valid, start, n)
     kwargs = {"remote": True} if remote else {}
-    with torch.no_grad(), wrapper.trace(input_ids=input_ids, attention_mask=valid.long(), **kwargs):
+    ids_in, mask_in = (input_ids, valid.long()) if device is None else (input_ids.to(device), valid.long().to(device))
+    with torch.no_grad(), wrapper.trace(input_ids=ids_in, attention_mask=mask_in, **kwargs):
         saved = {}
         for key, envoy, io, extract in places:
             t = extract(envoy.output if io == "output" else envoy.input)
@@ -153,7 +157,8 @@ def run_traced(rec, ids: list[list[int]], start: int, stats: dict, logit_sums: t
     logits = bool(rec.config.logits and rec.lm.causal)
     for rows, input_ids, valid in rec.batches(ids):
         saved = trace_batch(wrapper, places, input_ids, valid, start, rec.spec, rec.pattern_spec, rec.config.neurons,
-                            rec.lm.causal, logits, rec.config.remote, False if rec.config.remote else rec._kernel)
+                            rec.lm.causal, logits, rec.config.remote, False if rec.config.remote else rec._kernel,
+                            None if rec.config.remote else rec.lm.device)
         rows_t = torch.tensor(rows)
         for key, part in saved.items():
             if key == "logits":
