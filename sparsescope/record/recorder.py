@@ -25,7 +25,7 @@ import torch
 
 from sparsescope.errors import UserError, check_whole
 from sparsescope.models.loading import LoadedModel
-from sparsescope.kernels.stats import site_values
+from sparsescope.kernels.stats import logit_values, site_values
 from sparsescope.models.sites import layer_list, parse_site, site_list
 from sparsescope.probes import as_suites, unique_suites
 from sparsescope.record.metrics import FIRE_T, Metric, parse_metrics, stats_spec
@@ -292,13 +292,10 @@ class Recorder:
     def _logit_stats(logits, input_ids, count, rows, sums, counts) -> None:
         """Per-prompt mean next-token NLL and max-softmax probability of the counted tokens (each predicted from
         the position before it): the baseline OOD signals."""
-        logp = torch.log_softmax(logits[:, :-1].float(), -1)
-        target_valid = count[:, 1:]
-        nll = -logp.gather(-1, input_ids[:, 1:, None])[..., 0]
-        maxp = logp.max(-1).values.exp()
-        per = torch.stack([(nll * target_valid).sum(1), (maxp * target_valid).sum(1)], 1)
-        sums.index_add_(0, rows, per.double())
-        counts.index_add_(0, rows, target_valid.sum(1).double())
+        per = logit_values(logits[:, :-1], input_ids[:, 1:].to(logits.device), count[:, 1:].to(logits.device))
+        per = per.sum(1).cpu()
+        sums.index_add_(0, rows, per[:, :2])
+        counts.index_add_(0, rows, per[:, 2])
 
     # -- tables -------------------------------------------------------------------------------------------------
     def _tables(self, suite, prompts: list, per_prompt: dict, run_id: str, stats: dict, logit_sums, logit_counts,
@@ -331,7 +328,7 @@ class Recorder:
                                     value=float((fire == 0).mean()), n_tokens=int(n_tok)),
                                dict(layer=layer, site=site, metric="dense_frac", threshold=FIRE_T,
                                     value=float((freq > 0.5).mean()), n_tokens=int(n_tok))]
-                neuron_frames.append(_neuron_frame(layer, site, freq, st.abs_sum.cpu().numpy() / n_tok))
+                neuron_frames.append((layer, site, freq, st.abs_sum.cpu().numpy() / n_tok))
         if nonfinite:
             warnings.warn(f"suite {suite.name!r}: NaN/inf activations at {len(nonfinite)} site(s) "
                           f"({', '.join(nonfinite[:3])}{', ...' if len(nonfinite) > 3 else ''}); those tokens are left "
@@ -355,7 +352,7 @@ class Recorder:
         activations = pd.DataFrame(split_rows)
         for k, v in reversed(base.items()):
             activations.insert(0, k, v)
-        neurons = pd.concat(neuron_frames, ignore_index=True) if neuron_frames else _empty_neurons()
+        neurons = _neuron_frame(neuron_frames)
         for k in ("split", "suite", "run_id"):
             neurons.insert(0, k, base[k])
         return Recording(activations[_ACT_COLUMNS], prompts, neurons, run_id)
@@ -409,12 +406,18 @@ def _on_device(batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.T
     return batch[device]
 
 
-def _neuron_frame(layer: int, site: str, freq: np.ndarray, mean_abs: np.ndarray) -> pd.DataFrame:
-    n = len(freq)
-    return pd.DataFrame(dict(layer=np.full(2 * n, layer, np.int32), site=site,
-                             index=np.concatenate([np.arange(n), np.arange(n)]).astype(np.int32),
-                             metric=np.repeat(["fire_freq", "mean_abs"], n),
-                             value=np.concatenate([freq, mean_abs]).astype(np.float32)))
+def _neuron_frame(items: list[tuple[int, str, np.ndarray, np.ndarray]]) -> pd.DataFrame:
+    """One row per (site, metric, neuron) from ``(layer, site, freq, mean_abs)`` items, built as whole columns."""
+    if not items:
+        return _empty_neurons()
+    sizes = [2 * len(it[2]) for it in items]
+    return pd.DataFrame(dict(
+        layer=np.repeat([it[0] for it in items], sizes).astype(np.int32),
+        site=np.repeat(np.array([it[1] for it in items], dtype=object), sizes),
+        index=np.concatenate([np.tile(np.arange(len(it[2]), dtype=np.int32), 2) for it in items]),
+        metric=np.concatenate([np.repeat(np.array(["fire_freq", "mean_abs"], dtype=object), len(it[2]))
+                               for it in items]),
+        value=np.concatenate([np.concatenate([it[2], it[3]]) for it in items]).astype(np.float32)))
 
 
 def _empty_neurons() -> pd.DataFrame:
