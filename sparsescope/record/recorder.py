@@ -276,16 +276,19 @@ class Recorder:
     def _observe_pattern(self, p: torch.Tensor, batch: dict, st: _SiteStats) -> None:
         """Attention rows: each (query, head) row over the keys the query can see; a token's value is the mean over
         heads. Counted queries only; the first query of a causal model sees one key and is skipped (a 1-entry row
-        has no sparsity)."""
+        has no sparsity). The masks depend only on the batch, so every layer shares them."""
         b, h, q, k = p.shape
-        valid, count, rows = batch["valid"], batch["count"], batch["rows"]
-        keys = valid[:, None, :k].expand(b, q, k)
-        if self.lm.causal:
-            keys = keys & torch.ones(q, k, dtype=torch.bool).tril()[None]
-        queries = count[:, :q] & (keys.sum(-1) >= 2)
-        owner = torch.where(queries, rows[:, None], -1)
-        index = torch.where(queries, owner, st.n_prompts).flatten()
-        keys, owner, index = (v.to(p.device) for v in (keys, owner, index))
+        key = ("pattern", q, k, p.device)
+        if key not in batch:
+            valid, count, rows = batch["valid"], batch["count"], batch["rows"]
+            keys = valid[:, None, :k].expand(b, q, k)
+            if self.lm.causal:
+                keys = keys & torch.ones(q, k, dtype=torch.bool).tril()[None]
+            queries = count[:, :q] & (keys.sum(-1) >= 2)
+            owner = torch.where(queries, rows[:, None], -1)
+            index = torch.where(queries, owner, st.n_prompts).flatten()
+            batch[key] = tuple(v.to(p.device) for v in (keys, owner, index))
+        keys, owner, index = batch[key]
         st.add(site_values(p.permute(0, 2, 1, 3), owner, self.pattern_spec, mask=keys, use_kernel=self._kernel), index)
 
     @staticmethod
