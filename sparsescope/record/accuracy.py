@@ -31,12 +31,12 @@ def greedy(lm: LoadedModel, text: str, n_new: int) -> str:
             new.append(int(lm.forward(ids)[0, -1].argmax()))
             ids = torch.cat([ids, torch.tensor([new[-1:]])], 1)
     else:
-        out = lm.model(input_ids=ids, use_cache=True)
+        out = lm.model(input_ids=ids.to(lm.device), use_cache=True)
         for step in range(n_new):
             new.append(int(out.logits[0, -1].argmax()))
             if step + 1 < n_new:
-                out = lm.model(input_ids=torch.tensor([new[-1:]]), past_key_values=out.past_key_values,
-                               use_cache=True)
+                out = lm.model(input_ids=torch.tensor([new[-1:]], device=lm.device),
+                               past_key_values=out.past_key_values, use_cache=True)
     return lm.tokenizer.decode(new)
 
 
