@@ -209,11 +209,12 @@ def main() -> None:
         ladders = tuple(sorted(set(stats["trends"]["ladder"])))
         print("\n### Trends along ladders, hoyer (Spearman rho vs level per layer group, 95% CI)\n")
         print(markdown(trend_rows(stats, ladders)))
-        corruption = [name for name in ladders if name not in ("addition", "list_ops")]
-        for site in ("mlp.hook_post", "hook_resid_post") if corruption else ():
+        answered = "answers" in run.manifest.get("tables", {}) or "answers" in run.done_parts()
+        plain = [name for name in ladders if not answered or name not in ("addition", "list_ops")]
+        for site in ("mlp.hook_post", "hook_resid_post") if plain else ():
             if site in set(prompts["site"]):
-                print(f"\n### Corruption ladders: {site} hoyer per level (means, 95% CI)\n")
-                print(markdown(level_table(stats, corruption, site)))
+                print(f"\n### Ladders without accuracy: {site} hoyer per level (means, 95% CI)\n")
+                print(markdown(level_table(stats, plain, site)))
 
 
 if __name__ == "__main__":
