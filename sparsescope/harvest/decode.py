@@ -14,6 +14,8 @@ import contextlib
 import json
 import statistics
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import pandas as pd
 import torch
@@ -239,52 +241,83 @@ def median_ms(runs: list[float]) -> float:
     return 1e3 * statistics.median(runs)
 
 
-def dense_configs() -> dict[str, tuple[Plan, str]]:
-    """The two dense paths, as ``measure`` configurations: torch ``F.linear`` modules, and our dense GEMV on every
-    block linear and the LM head. The faster is the baseline of every speed-up."""
-    return {"dense torch": (Plan([]), "torch"), "dense ours": (Plan([Rule("sparse", {"sparsity": 0.0})]), "fp32")}
+@dataclass
+class DecodeConfig:
+    """One configuration ``measure`` times: a plan, the LM head's format and the loop that runs them."""
+
+    plan: Plan
+    head: str = "torch"  # LM head: torch (the model's own F.linear), fp32 or int8 (a packed copy, our GEMV)
+    loop: str = "fused"  # fused: one C++ call per token where the plan allows (else modules); modules: Python loop
 
 
-def measure(lm: LoadedModel, configs: dict[str, tuple[Plan, str]], prompt: list[int], n_new: int = 32,
+def dense_configs() -> dict[str, DecodeConfig]:
+    """The two dense paths: torch ``F.linear`` through the model's modules (the lean Python loop), and our dense
+    GEMV on every linear and the LM head in the fused loop. The faster is the baseline of every speed-up."""
+    return {"dense torch": DecodeConfig(Plan([]), "torch", "modules"), "dense ours": DecodeConfig(Plan([]), "fp32")}
+
+
+def measure(lm: LoadedModel, configs: dict[str, DecodeConfig], prompt: list[int], n_new: int = 32,
             repeats: int = 3, evaluator: Evaluator | None = None, calibration: dict | None = None,
-            hf_reference: bool = True, progress=None, clock=time.perf_counter) -> pd.DataFrame:
-    """Decode speed (lean loop) and quality of each ``{name: (plan, head format)}``, side by side.
+            hf_reference: bool = True, progress=None, clock=time.perf_counter,
+            threads: Sequence[int] = ()) -> pd.DataFrame:
+    """Decode speed (lean loop) and quality of each configuration, side by side, per thread count.
 
-    Every repeat runs every configuration once in turn (apply → decode ``n_new`` tokens → restore), so a busy
-    machine slows all of them alike; the table holds medians. ``speedup`` is against the fastest configuration
-    whose name starts with ``dense``. Quality (``delta_ppl``, relative ``rel_delta_ppl``, ``kl``) comes from
+    For each of ``threads`` (default: torch's current count), every repeat runs every configuration once in turn
+    (apply → decode ``n_new`` tokens → restore), so a busy machine slows all of them alike; the table holds
+    medians. ``speedup`` is against the fastest configuration whose name starts with ``dense`` at the same thread
+    count; ``loop`` says which loop ran. Quality (``delta_ppl``, relative ``rel_delta_ppl``, ``kl``) comes from
     ``evaluator`` with the same plan applied. ``hf_reference`` adds HF ``generate`` on the unmodified model.
     """
     tick = progress or (lambda label: None)
+    quality = {}
+    for name, c in configs.items():
+        if evaluator is not None:
+            with apply(lm, c.plan, calibration), head(lm, c.head):
+                q = evaluator.evaluate()
+            quality[name] = q | {"rel_delta_ppl": q["delta_ppl"] / evaluator.dense_ppl}
+            tick(f"{name}: Δppl {quality[name]['rel_delta_ppl']:+.2%}")
+    before = torch.get_num_threads()
+    frames = []
+    try:
+        for n_threads in threads or [before]:
+            torch.set_num_threads(n_threads)
+            frames.append(_timed(lm, configs, prompt, n_new, repeats, hf_reference, tick, clock, quality, evaluator,
+                                 calibration)
+                          .assign(threads=n_threads))
+    finally:
+        torch.set_num_threads(before)
+    return pd.concat(frames, ignore_index=True)
+
+
+def _timed(lm, configs, prompt, n_new, repeats, hf_reference, tick, clock, quality, evaluator, calibration
+           ) -> pd.DataFrame:
+    """One thread count of :func:`measure`: interleaved repeats, medians, speed-up vs the faster dense."""
     times: dict[str, list[float]] = {name: [] for name in configs}
-    texts = {}
+    texts, loops = {}, {}
     if hf_reference:
         times["HF generate (dense)"] = []
-    for r in range(repeats):
-        for name, (plan, fmt) in configs.items():
-            with apply(lm, plan, calibration), head(lm, fmt):
-                tokens, sec = LeanDecoder(lm, len(prompt) + n_new).generate(prompt, n_new, clock)
+    for _ in range(repeats):
+        for name, c in configs.items():
+            with apply(lm, c.plan, calibration), head(lm, c.head):
+                decoder = LeanDecoder(lm, len(prompt) + n_new, fused=False if c.loop == "modules" else None)
+                tokens, sec = decoder.generate(prompt, n_new, clock)
             times[name].append(sec)
             texts.setdefault(name, lm.tokenizer.decode(tokens))
-            tick(f"{name}: {1e3 * sec:.1f} ms/token")
+            loops[name] = "fused" if decoder.fused else f"modules ({decoder.why_not_fused})"
+            tick(f"{name}: {1e3 * sec:.1f} ms/token ({torch.get_num_threads()} threads)")
         if hf_reference:
             tokens, sec = hf_generate(lm, prompt, n_new, clock)
             times["HF generate (dense)"].append(sec)
             texts.setdefault("HF generate (dense)", lm.tokenizer.decode(tokens))
-    quality = {}
-    for name, (plan, fmt) in configs.items():
-        if evaluator is not None:
-            with apply(lm, plan, calibration), head(lm, fmt):
-                q = evaluator.evaluate()
-            quality[name] = q | {"rel_delta_ppl": q["delta_ppl"] / evaluator.dense_ppl}
-            tick(f"{name}: Δppl {quality[name]['rel_delta_ppl']:+.2%}")
+            loops["HF generate (dense)"] = "HF generate"
     rows = []
     for name, sec in times.items():
         ms = median_ms(sec)
         q = quality.get(name, {"ppl": evaluator.dense_ppl, "delta_ppl": 0.0, "rel_delta_ppl": 0.0, "kl": 0.0}
                         if evaluator is not None and name.startswith("HF") else {})
-        rows.append({"config": name, "ms_per_token": ms, "tokens_per_s": 1e3 / ms, "ms_runs": json.dumps(
-            [round(1e3 * s, 2) for s in sec]), "n_new": n_new, "repeats": repeats, "sample": texts[name][:80]} | q)
+        rows.append({"config": name, "loop": loops[name], "ms_per_token": ms, "tokens_per_s": 1e3 / ms,
+                     "ms_runs": json.dumps([round(1e3 * s, 2) for s in sec]), "n_new": n_new, "repeats": repeats,
+                     "sample": texts[name][:80]} | q)
     df = pd.DataFrame(rows)
     dense = df.loc[df["config"].str.startswith("dense"), "ms_per_token"]
     df["speedup"] = (dense.min() if len(dense) else float("nan")) / df["ms_per_token"]

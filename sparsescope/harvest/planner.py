@@ -38,7 +38,7 @@ import yaml
 from sparsescope.errors import UserError
 from sparsescope.eval import Evaluator
 from sparsescope.harvest.compare import compute_constants, linear_shapes
-from sparsescope.harvest.decode import dense_configs, head, measure
+from sparsescope.harvest.decode import DecodeConfig, dense_configs, head, measure
 from sparsescope.intervene import Plan, Rule, apply
 from sparsescope.kernels.sparse import quantize_int8
 from sparsescope.kernels.timing import TORCH_DENSE, time_cases
@@ -462,6 +462,6 @@ def decode_check(lm: LoadedModel, hp: HarvestPlan, heldout: str | Sequence[str],
     evaluator.reference()
     calibration = calibrate(lm, calibration_text, max_tokens=cfg.calib_tokens)
     text = heldout if isinstance(heldout, str) else "\n\n".join(heldout)
-    configs = dense_configs() | {"planned": (hp.plan, hp.lm_head)}
+    configs = dense_configs() | {"planned": DecodeConfig(hp.plan, hp.lm_head)}
     return measure(lm, configs, lm.tokenizer(text)["input_ids"][:16], n_new, repeats, evaluator, calibration,
                    progress=progress, clock=time.process_time if cpu_time else time.perf_counter)

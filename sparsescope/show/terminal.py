@@ -155,7 +155,8 @@ def kernel_tables(table: pd.DataFrame) -> list[Table]:
 
 def decode_table(model: str, table: pd.DataFrame, what: str) -> Table:
     """Decode speed and quality per configuration (speed-up vs the faster dense lean loop)."""
-    cols = [c for c in ("ms_per_token", "tokens_per_s", "speedup", "ppl", "rel_delta_ppl", "kl") if c in table]
+    cols = [c for c in ("threads", "ms_per_token", "tokens_per_s", "speedup", "ppl", "rel_delta_ppl", "kl", "loop")
+            if c in table]
     return frame_table(table.set_index("config")[cols], f"{model}: batch-1 decode, lean loop, {what}")
 
 
