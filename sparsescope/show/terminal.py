@@ -169,7 +169,8 @@ def plan_tables(model: str, result, decode: pd.DataFrame | None = None) -> list[
                                f"{n['measured_rel_delta_ppl']:+.2%} ppl ({n['dense_ppl']:.3f} → "
                                f"{n['measured_ppl']:.3f}), budget {n['budget_rel_ppl']:.1%}"),
            frame_table(result.comparison.set_index("planner"), "planners at the same budget (time saved per token: "
-                                                                 "predicted from this machine's kernel timings)")]
+                                                                 f"predicted from this machine's timings, priced by "
+                                                                 f"{n.get('pricing', 'kernels')})")]
     if decode is not None:
         out.append(decode_table(model, decode, "dense vs planned"))
     return out
