@@ -30,29 +30,50 @@ inline float widen(uint16_t v) {  // bf16 -> fp32: the bf16 bits are the high ha
 
 constexpr int64_t kParallelBytes = 1 << 17;  // below ~128 KiB of weights one thread beats the fork/join
 
-// Rows idx[lo:hi) (or lo:hi themselves when idx is null) of Wt, times x, added into acc [B, out].
+constexpr int64_t kAhead = 8;  // rows prefetched ahead: short rows (and gathered ones) defeat the hardware prefetcher
+constexpr int64_t kPrefetchRowBytes = 1 << 16;  // longer rows stream well on their own; kAhead of them overflow L2
+
+// Rows idx[lo:hi) (or lo:hi themselves when idx is null) of Wt, times x, added into acc [B, out]. Four rows at a
+// time; for rows up to kPrefetchRowBytes each cache line comes with a software prefetch of the same line kAhead
+// rows on, so the next rows (gathered, or only a few KB long) are on their way when the loop gets there (int8
+// decode on SmolLM2 ran at half the fp32 bandwidth without it).
 template <typename W>
 void accumulate(const W* __restrict wt, const float* __restrict x, const int32_t* idx, int64_t lo, int64_t hi,
                 int64_t B, int64_t in, int64_t out, float* __restrict acc) {
+  constexpr int64_t line = 64 / static_cast<int64_t>(sizeof(W));  // elements per cache line
+  auto row = [&](int64_t k) { return idx ? static_cast<int64_t>(idx[k]) : k; };
   int64_t k = lo;
   for (; k + 4 <= hi; k += 4) {
-    const int64_t j0 = idx ? idx[k] : k, j1 = idx ? idx[k + 1] : k + 1;
-    const int64_t j2 = idx ? idx[k + 2] : k + 2, j3 = idx ? idx[k + 3] : k + 3;
+    const int64_t j0 = row(k), j1 = row(k + 1), j2 = row(k + 2), j3 = row(k + 3);
     const W* __restrict r0 = wt + j0 * out;
     const W* __restrict r1 = wt + j1 * out;
     const W* __restrict r2 = wt + j2 * out;
     const W* __restrict r3 = wt + j3 * out;
-    for (int64_t b = 0; b < B; ++b) {
-      const float* xb = x + b * in;
-      const float x0 = xb[j0], x1 = xb[j1], x2 = xb[j2], x3 = xb[j3];
-      float* __restrict a = acc + b * out;
+    const bool ahead = k + kAhead + 4 <= hi && out * static_cast<int64_t>(sizeof(W)) <= kPrefetchRowBytes;
+    const W* p0 = ahead ? wt + row(k + kAhead) * out : nullptr;
+    const W* p1 = ahead ? wt + row(k + kAhead + 1) * out : nullptr;
+    const W* p2 = ahead ? wt + row(k + kAhead + 2) * out : nullptr;
+    const W* p3 = ahead ? wt + row(k + kAhead + 3) * out : nullptr;
+    for (int64_t o0 = 0; o0 < out; o0 += line) {
+      const int64_t o1 = std::min(out, o0 + line);
+      if (ahead) {
+        __builtin_prefetch(p0 + o0);
+        __builtin_prefetch(p1 + o0);
+        __builtin_prefetch(p2 + o0);
+        __builtin_prefetch(p3 + o0);
+      }
+      for (int64_t b = 0; b < B; ++b) {
+        const float* xb = x + b * in;
+        const float x0 = xb[j0], x1 = xb[j1], x2 = xb[j2], x3 = xb[j3];
+        float* __restrict a = acc + b * out;
 #pragma omp simd
-      for (int64_t o = 0; o < out; ++o)
-        a[o] += x0 * widen(r0[o]) + x1 * widen(r1[o]) + x2 * widen(r2[o]) + x3 * widen(r3[o]);
+        for (int64_t o = o0; o < o1; ++o)
+          a[o] += x0 * widen(r0[o]) + x1 * widen(r1[o]) + x2 * widen(r2[o]) + x3 * widen(r3[o]);
+      }
     }
   }
   for (; k < hi; ++k) {
-    const int64_t j = idx ? idx[k] : k;
+    const int64_t j = row(k);
     const W* __restrict r = wt + j * out;
     for (int64_t b = 0; b < B; ++b) {
       const float xv = x[b * in + j];
