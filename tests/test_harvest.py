@@ -363,3 +363,16 @@ def test_cli_plan_end_to_end_and_bad_budget(model_dir, tmp_path):
     assert (run / "plan.yaml").is_file() and (tmp_path / "plan.yaml").is_file()
     table = pd.read_parquet(next(run.rglob("plan*.parquet")))
     assert table["selected"].sum() == table["name"].nunique()
+
+
+def test_bench_threads_are_checked():
+    from sparsescope.bench import check_threads
+
+    check_threads([2, 1], cpu_time=False)
+    check_threads([1], cpu_time=True)
+    with pytest.raises(UserError, match="whole numbers"):
+        check_threads([0], cpu_time=False)
+    with pytest.raises(UserError, match="whole numbers"):
+        check_threads([1.5], cpu_time=False)
+    with pytest.raises(UserError, match="cpu-time"):
+        check_threads([2, 1], cpu_time=True)
