@@ -23,7 +23,7 @@ from torch import nn
 
 from sparsescope.errors import UserError
 from sparsescope.eval import Evaluator
-from sparsescope.intervene import Plan, Rule, Wrapped, apply
+from sparsescope.intervene import Plan, Wrapped, apply
 from sparsescope.kernels import sparse as sp
 from sparsescope.kernels.linear import SparseLinear
 from sparsescope.models.loading import LoadedModel
