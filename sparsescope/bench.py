@@ -216,10 +216,11 @@ def decode(model: str = "smollm2-135m", plans: list[str] | None = None, sparsity
     the baseline of ``speedup``. Then TEAL at ``sparsity`` on every block linear (our kernel), int8 weights
     (with an int8 head), int8 + TEAL, and each plan file in ``plans``, all in the fused loop; HF ``generate`` for
     reference. ``threads``: thread counts timed in turn (default: the current one). ``cpu_time``: time by the
-    process's CPU time (one thread). Returns (table, Amdahl bounds).
+    process's CPU time (one thread). Returns (table, Amdahl bounds, the fused loop's profile of dense and int8:
+    ms per token per component, at the current thread count).
     """
     from sparsescope.eval import Evaluator
-    from sparsescope.harvest.decode import DecodeConfig, dense_configs, measure
+    from sparsescope.harvest.decode import DecodeConfig, dense_configs, measure, profile
     from sparsescope.harvest.planner import HarvestPlan
     from sparsescope.intervene import Plan, Rule
     from sparsescope.probes import load_text
@@ -242,7 +243,9 @@ def decode(model: str = "smollm2-135m", plans: list[str] | None = None, sparsity
     prompt = lm.tokenizer(heldout)["input_ids"][:16]
     table = measure(lm, configs, prompt, n_new, repeats, evaluator, calibration, progress=progress,
                     clock=time.process_time if cpu_time else time.perf_counter, threads=threads)
-    return table, amdahl(lm, sparsity)
+    parts = profile(lm, {k: v for k, v in configs.items() if k in ("dense ours", "int8")}, prompt,
+                    calibration=calibration, clock="cpu" if cpu_time else "wall")
+    return table, amdahl(lm, sparsity), parts
 
 
 def check_threads(threads: Sequence[int], cpu_time: bool) -> None:
@@ -254,14 +257,16 @@ def check_threads(threads: Sequence[int], cpu_time: bool) -> None:
                         "(or --threads 1)")
 
 
-def _bench_run(store, table_name: str, table, config: dict, load_before: tuple, extra: dict | None = None):
-    """Store one benchmark table as a ``bench`` run, with the load average before and after in the manifest."""
+def _bench_run(store, table_name: str, table, config: dict, load_before: tuple, extra: dict | None = None,
+               more: dict | None = None):
+    """Store one benchmark table (and ``more`` tables) as a ``bench`` run, with the load average before and
+    after in the manifest."""
     from sparsescope import __version__
 
     run = store.create({"kind": "bench", "model": config.get("model", "kernels"), "config": config,
                         "package_version": __version__, "loadavg_before": list(load_before),
                         "loadavg_after": list(os.getloadavg())} | (extra or {}))
-    run.finalize({table_name: table.assign(run_id=run.run_id)})
+    run.finalize({name: t.assign(run_id=run.run_id) for name, t in {table_name: table, **(more or {})}.items()})
     return run
 
 
@@ -285,8 +290,10 @@ def decode_run(store, model: str = "smollm2-135m", plans: list[str] | None = Non
     store.check_writable()
     check_threads(threads, cpu_time)
     before = os.getloadavg()
-    table, bound = decode(model, plans, sparsity, n_new, repeats, progress=progress, cpu_time=cpu_time,
-                          threads=threads)
+    table, bound, parts = decode(model, plans, sparsity, n_new, repeats, progress=progress, cpu_time=cpu_time,
+                                 threads=threads)
     config = {"model": model, "plans": plans, "sparsity": sparsity, "tokens": n_new, "repeats": repeats,
               "threads": list(threads) or [torch.get_num_threads()], "clock": "cpu" if cpu_time else "wall"}
-    return _bench_run(store, "decode", table, config, before, {"amdahl": bound}), table, bound
+    run = _bench_run(store, "decode", table, config, before, {"amdahl": bound},
+                     {"decode_profile": parts.assign(threads=torch.get_num_threads())})
+    return run, table, bound, parts

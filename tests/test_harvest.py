@@ -376,3 +376,23 @@ def test_bench_threads_are_checked():
         check_threads([1.5], cpu_time=False)
     with pytest.raises(UserError, match="cpu-time"):
         check_threads([2, 1], cpu_time=True)
+
+
+def test_bench_decode_stores_speeds_per_thread_count_and_the_fused_profile(model_dir, tmp_path):
+    import pandas as pd
+
+    from sparsescope.bench import decode_run
+    from sparsescope.store import RunStore
+
+    run, table, bound, parts = decode_run(RunStore(tmp_path), str(model_dir), n_new=2, repeats=1, threads=[1, 2])
+    assert sorted(table["threads"].unique()) == [1, 2]
+    for _, per in table.groupby("threads"):  # the faster dense loop is 1.0 at each thread count
+        assert per.loc[per["config"].str.startswith("dense"), "speedup"].max() == pytest.approx(1.0)
+    assert 0 < bound["head_fraction"] < 1
+    stored = pd.read_parquet(next(run.path.rglob("decode_profile*.parquet")))
+    if sp.native() is not None:
+        assert set(table.loc[table["config"] == "dense ours", "loop"]) == {"fused"}
+        assert set(stored["config"]) == {"dense ours", "int8"}
+        assert {"q", "down", "rest", "head"} <= set(stored["component"]) and (stored["ms_per_token"] >= 0).all()
+    else:
+        assert stored.empty

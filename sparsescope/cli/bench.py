@@ -99,14 +99,19 @@ def _bench_decode(model: str, plans, sparsity: float, tokens: int, repeats: int,
     """Lean-loop decode tokens/s, dense vs sparse/int8/planned, with Δppl (`bench decode`)."""
     from sparsescope import bench as b
     from sparsescope.workflows import parse_floats
-    from sparsescope.show.terminal import decode_table
+    from sparsescope.show.terminal import decode_table, frame_table
     from sparsescope.store import RunStore
 
     with console.status("decode: lean loop, configurations interleaved") as st:
-        run, table, bound = b.decode_run(RunStore(runs_dir), model, [str(p) for p in plans or []], sparsity, tokens,
-                                         repeats, lambda label: st.update(f"decode: {label}"), cpu_time,
-                                         [int(t) if t == int(t) else t for t in parse_floats(threads, "--threads")])
+        plan_files = [str(p) for p in plans or []]
+        run, table, bound, parts = b.decode_run(RunStore(runs_dir), model, plan_files, sparsity, tokens,
+                                                repeats, lambda label: st.update(f"decode: {label}"), cpu_time,
+                                                [int(t) if t == int(t) else t
+                                                 for t in parse_floats(threads, "--threads")])
     show(decode_table(model, table, f"{tokens} tokens, medians of {repeats}"))
+    if len(parts):
+        show(frame_table(parts.pivot(index="component", columns="config", values="ms_per_token"),
+                         "where a token's time goes in the fused loop (ms per token, median over tokens)"))
     out.print(f"Amdahl: the LM head is {bound['head_fraction']:.0%} of the weight bytes per token and is not "
               f"input-sparse: activation sparsity {sparsity:.0%} on every block linear can give at most "
               f"{bound['bound_at_s']:.2f}x, any sparsity at most {bound['bound_any_s']:.2f}x (bytes-bound).")

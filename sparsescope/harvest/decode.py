@@ -322,3 +322,31 @@ def _timed(lm, configs, prompt, n_new, repeats, hf_reference, tick, clock, quali
     dense = df.loc[df["config"].str.startswith("dense"), "ms_per_token"]
     df["speedup"] = (dense.min() if len(dense) else float("nan")) / df["ms_per_token"]
     return df
+
+
+def profile(lm: LoadedModel, configs: dict[str, DecodeConfig], prompt: list[int], n_new: int = 16,
+            calibration: dict | None = None, clock: str = "wall") -> pd.DataFrame:
+    """Where a token's time goes in the fused loop: ms per token per component (the seven projections summed over
+    layers, ``rest`` = norms, rotary, attention and residuals, ``head``), median over ``n_new`` tokens, one row per
+    (configuration, component). Configurations the fused loop cannot run are left out."""
+    rows = []
+    for name, c in configs.items():
+        with apply(lm, c.plan, calibration), head(lm, c.head):
+            decoder = LeanDecoder(lm, len(prompt) + n_new)
+            if c.loop == "modules" or not decoder.fused:
+                continue
+            decoder.profile = clock
+            decoder.prefill(prompt)
+            decoder.take_profile()
+            per_token: dict[str, list[float]] = {}
+            token = prompt[-1]
+            for pos in range(len(prompt) - 1, len(prompt) - 1 + n_new):
+                token = int(decoder.step(token, pos).argmax())
+                sums: dict[str, float] = {}
+                for key, sec in decoder.take_profile().items():
+                    part = key.split(".")[-1]
+                    sums[part] = sums.get(part, 0.0) + sec
+                for part, sec in sums.items():
+                    per_token.setdefault(part, []).append(sec)
+        rows += [{"config": name, "component": part, "ms_per_token": median_ms(v)} for part, v in per_token.items()]
+    return pd.DataFrame(rows, columns=["config", "component", "ms_per_token"])
