@@ -380,9 +380,6 @@ def compare(store: RunStore, model: str, eval_tokens: int = 1024, seq_len: int =
     for k in cfg.spike_k:
         SpikeConfig(k=k, coding=coding)
     store.check_writable()
-    from sparsescope.bench import check_threads
-
-    check_threads([], cpu_time)
     texts = load_text(text), load_text(calibration)
     start = time.perf_counter()
     lm = load(model, device=device, dtype=dtype)
