@@ -134,6 +134,8 @@ class LeanDecoder:
         norms.append(self.inner.norm)
         checks = [(mod is None, "the C++ kernel is not built"),
                   (self.k.dtype != torch.float32, f"the model is {self.k.dtype}, the fused loop runs float32"),
+                  (next(self.lm.model.parameters()).device.type != "cpu", "the model is not on the CPU, where the "
+                   "C++ loop runs"),
                   (getattr(cfg, "hidden_act", None) != "silu", f"activation {getattr(cfg, 'hidden_act', None)}"),
                   (not all(hasattr(m, "variance_epsilon") for m in norms), "norms are not RMSNorm"),
                   (self.head_dim % 2, "odd head_dim")]
