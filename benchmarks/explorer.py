@@ -2,7 +2,7 @@
 
 Used by tests/test_explorer_browser.py (any store) and as a benchmark on a store of real scans:
 
-    python benchmarks/explorer.py RUNS_DIR [--out artifacts/explorer] [--repeats 3]
+    python benchmarks/explorer.py RUNS_DIR [--out artifacts/explorer] [--repeats 5]
 
 prints the first meaningful paint of the landing page (navigation start → page title and first chart drawn)
 and the page-switch times (sidebar click → the new page's title and content drawn), medians over repeats.
@@ -83,26 +83,33 @@ def serve(runs: Path | str, port: int | None = None, timeout: float = 120):
             proc.kill()
 
 
-def _drawn(page, title: str, timeout_ms: float) -> None:
-    """Wait until the page's title is shown (its script has started), the script has finished, and a chart is drawn."""
+def _drawn(page, title: str, timeout_ms: float, start: float) -> dict:
+    """Wait until the page's title is shown (its script has started), the script has finished, and the first chart
+    is drawn; returns the seconds from `start` to each stage: title_s, script_s, chart_s (= the meaningful paint)."""
+    stages = {}
     page.get_by_role("heading", name=title, exact=True).first.wait_for(timeout=timeout_ms)
+    stages["title_s"] = time.perf_counter() - start
     page.locator('[data-testid="stApp"][data-test-script-state="notRunning"]').wait_for(timeout=timeout_ms)
+    stages["script_s"] = time.perf_counter() - start
     if page.locator('[data-testid="stPlotlyChart"]').count():
         page.locator('[data-testid="stPlotlyChart"] .main-svg').first.wait_for(timeout=timeout_ms)
+    stages["chart_s"] = time.perf_counter() - start
+    return stages
 
 
 def visit(url: str, out: Path | str | None = None, timeout_ms: float = 60_000) -> dict:
     """Open the landing page, then click through every page in the sidebar.
 
-    Returns {"first_paint_s", "switch_s": {page: s}, "errors": {page: [texts of exception boxes]},
-    "headings": {page: [h1-h3 texts]}, "console_errors": [...]} and saves one full-page screenshot per page to `out`.
+    Returns {"first_paint_s", "first_stages": {title_s, script_s, chart_s}, "switch_s": {page: s},
+    "switch_stages": {page: stages}, "errors": {page: [texts of exception boxes]}, "headings": {page: [h1-h3 texts]},
+    "console_errors": [...]} and saves one full-page screenshot per page to `out`.
     """
     from playwright.sync_api import sync_playwright
 
     out = Path(out) if out else None
     if out:
         out.mkdir(parents=True, exist_ok=True)
-    result = {"switch_s": {}, "errors": {}, "headings": {}, "console_errors": []}
+    result = {"switch_s": {}, "switch_stages": {}, "errors": {}, "headings": {}, "console_errors": []}
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM if Path(CHROMIUM).is_file() else shutil.which("chromium"),
                                     args=CHROMIUM_ARGS, headless=True)
@@ -110,14 +117,14 @@ def visit(url: str, out: Path | str | None = None, timeout_ms: float = 60_000) -
         page.on("pageerror", lambda e: result["console_errors"].append(str(e)))
         start = time.perf_counter()
         page.goto(url, wait_until="commit")
-        _drawn(page, PAGES[0][0], timeout_ms)
-        result["first_paint_s"] = time.perf_counter() - start
+        result["first_stages"] = _drawn(page, PAGES[0][0], timeout_ms, start)
+        result["first_paint_s"] = result["first_stages"]["chart_s"]
         for i, (title, nav, path) in enumerate(PAGES):
             if i:
                 start = time.perf_counter()
                 page.locator('[data-testid="stSidebarNav"]').get_by_text(nav, exact=True).click()
-                _drawn(page, title, timeout_ms)
-                result["switch_s"][nav] = time.perf_counter() - start
+                result["switch_stages"][nav] = _drawn(page, title, timeout_ms, start)
+                result["switch_s"][nav] = result["switch_stages"][nav]["chart_s"]
             result["errors"][nav] = page.locator(EXCEPTION).all_inner_texts()
             result["headings"][nav] = page.locator("h1, h2, h3").all_inner_texts()
             if out:  # tables and the lower charts finish drawing after the first meaningful paint
@@ -129,32 +136,43 @@ def visit(url: str, out: Path | str | None = None, timeout_ms: float = 60_000) -
     return result
 
 
+def _median(xs: list[float]) -> str:
+    return f"{statistics.median(xs):.2f}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", type=Path)
-    ap.add_argument("--out", type=Path, default=Path("artifacts/explorer"))
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=None, help="save one screenshot per page of the first measured visit")
+    ap.add_argument("--repeats", type=int, default=5)
     a = ap.parse_args()
     why = chromium_missing()
     if why:
         sys.exit(why)
-    first, switch = [], {}
+    visits = []
     with serve(a.runs) as url:
-        visit(url, None)  # warm-up: the server's first script run imports the libraries
+        visit(url, None)  # warm-up: the server's first script runs import the libraries and fill the caches
+        load = os.getloadavg()
         for i in range(a.repeats):
             r = visit(url, a.out if i == 0 else None)
-            first.append(r["first_paint_s"])
-            for k, v in r["switch_s"].items():
-                switch.setdefault(k, []).append(v)
+            visits.append(r)
             bad = {k: v for k, v in r["errors"].items() if v}
             if bad or r["console_errors"]:
                 print("page errors:", json.dumps(bad), r["console_errors"])
-    load = os.getloadavg()
-    print(f"runs: {a.runs} ({sum(1 for p in a.runs.iterdir() if p.is_dir())} run folders); load {load[0]:.2f}")
-    print(f"first meaningful paint (landing): median {statistics.median(first):.2f} s over {len(first)} "
-          f"({', '.join(f'{x:.2f}' for x in first)})")
-    for k, v in switch.items():
-        print(f"switch to {k:24} median {statistics.median(v):.2f} s  max {max(v):.2f} s")
+        load = [max(x, y) for x, y in zip(load, os.getloadavg())]
+    n_runs = sum(1 for p in a.runs.iterdir() if p.is_dir()) if a.runs.is_dir() else 0
+    print(f"runs: {a.runs} ({n_runs} run folders); {len(visits)} visits, each a fresh browser session; "
+          f"load average (1/5/15 min, max of before/after) {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, "
+          f"{os.cpu_count()} CPUs")
+    print("medians in s; title = page heading shown, script = server script finished, chart = first chart drawn "
+          "(the meaningful paint)")
+    print(f"{'':28}{'title':>7}{'script':>8}{'chart':>8}{'max chart':>11}")
+    rows = [("first paint (Harvest)", [v["first_stages"] for v in visits])]
+    rows += [(f"switch to {nav}", [v["switch_stages"][nav] for v in visits]) for _, nav, _ in PAGES[1:]]
+    for name, stages in rows:
+        print(f"{name:28}" + "".join(f"{_median([s[k] for s in stages]):>{w}}" for k, w in
+                                     (("title_s", 7), ("script_s", 8), ("chart_s", 8)))
+              + f"{max(s['chart_s'] for s in stages):>11.2f}")
 
 
 if __name__ == "__main__":
