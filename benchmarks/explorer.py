@@ -4,8 +4,11 @@ Used by tests/test_explorer_browser.py (any store) and as a benchmark on a store
 
     python benchmarks/explorer.py RUNS_DIR [--out artifacts/explorer] [--repeats 5]
 
-prints the first meaningful paint of the landing page (navigation start → page title and first chart drawn)
-and the page-switch times (sidebar click → the new page's title and content drawn), medians over repeats.
+prints, as medians over repeats (each a fresh browser), the first meaningful paint of the landing page (navigation
+start → its title, script done and first chart drawn), the same after a reload (scripts in the browser cache), and
+every page switch (sidebar click → the new page's title, script done, first chart, all charts drawn; the next click
+waits until the page has settled), with the machine's load average. Build a store of 10 real SmolLM2 scans with
+benchmarks/explorer_store.py.
 Needs Debian's chromium (/usr/bin/chromium) and the playwright package (the [dev] extra).
 """
 
@@ -83,9 +86,14 @@ def serve(runs: Path | str, port: int | None = None, timeout: float = 120):
             proc.kill()
 
 
+ALL_DRAWN = """() => [...document.querySelectorAll('[data-testid="stPlotlyChart"]')].every(c => c.querySelector('.main-svg'))
+    && !document.querySelector('[data-testid="stSkeleton"]')"""
+
+
 def _drawn(page, title: str, timeout_ms: float, start: float) -> dict:
-    """Wait until the page's title is shown (its script has started), the script has finished, and the first chart
-    is drawn; returns the seconds from `start` to each stage: title_s, script_s, chart_s (= the meaningful paint)."""
+    """Wait until the page's title is shown (its script has started), the script has finished, the first chart is
+    drawn and then every chart; returns the seconds from `start` to each stage: title_s, script_s, chart_s (= the
+    meaningful paint), all_s (the page settled: the next click is only made then)."""
     stages = {}
     page.get_by_role("heading", name=title, exact=True).first.wait_for(timeout=timeout_ms)
     stages["title_s"] = time.perf_counter() - start
@@ -94,13 +102,16 @@ def _drawn(page, title: str, timeout_ms: float, start: float) -> dict:
     if page.locator('[data-testid="stPlotlyChart"]').count():
         page.locator('[data-testid="stPlotlyChart"] .main-svg').first.wait_for(timeout=timeout_ms)
     stages["chart_s"] = time.perf_counter() - start
+    page.wait_for_function(ALL_DRAWN, timeout=timeout_ms, polling=50)
+    stages["all_s"] = time.perf_counter() - start
     return stages
 
 
 def visit(url: str, out: Path | str | None = None, timeout_ms: float = 60_000) -> dict:
     """Open the landing page, then click through every page in the sidebar.
 
-    Returns {"first_paint_s", "first_stages": {title_s, script_s, chart_s}, "switch_s": {page: s},
+    Returns {"first_paint_s", "first_stages": {title_s, script_s, chart_s, all_s}, "reload_stages" (the landing
+    page opened again in the same browser, its scripts cached), "switch_s": {page: s},
     "switch_stages": {page: stages}, "errors": {page: [texts of exception boxes]}, "headings": {page: [h1-h3 texts]},
     "console_errors": [...]} and saves one full-page screenshot per page to `out`.
     """
@@ -132,6 +143,9 @@ def visit(url: str, out: Path | str | None = None, timeout_ms: float = 60_000) -
                                        timeout=timeout_ms)
                 page.wait_for_timeout(1500)
                 page.screenshot(path=str(out / f"{path or 'harvest'}.png"), full_page=True)
+        start = time.perf_counter()  # a returning visitor: the browser has the app's scripts cached
+        page.goto(url, wait_until="commit")
+        result["reload_stages"] = _drawn(page, PAGES[0][0], timeout_ms, start)
         browser.close()
     return result
 
@@ -151,7 +165,7 @@ def main() -> None:
         sys.exit(why)
     visits = []
     with serve(a.runs) as url:
-        visit(url, None)  # warm-up: the server's first script runs import the libraries and fill the caches
+        cold = visit(url, None)  # the server's first visitor: its script runs read the store and fill the caches
         load = os.getloadavg()
         for i in range(a.repeats):
             r = visit(url, a.out if i == 0 else None)
@@ -165,13 +179,15 @@ def main() -> None:
           f"load average (1/5/15 min, max of before/after) {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, "
           f"{os.cpu_count()} CPUs")
     print("medians in s; title = page heading shown, script = server script finished, chart = first chart drawn "
-          "(the meaningful paint)")
-    print(f"{'':28}{'title':>7}{'script':>8}{'chart':>8}{'max chart':>11}")
-    rows = [("first paint (Harvest)", [v["first_stages"] for v in visits])]
+          "(the meaningful paint), all = every chart drawn")
+    print(f"{'':34}{'title':>7}{'script':>8}{'chart':>8}{'all':>7}{'max chart':>11}")
+    rows = [("first paint, first visitor (1 run)", [cold["first_stages"]]),
+            ("first paint (Harvest), new browser", [v["first_stages"] for v in visits]),
+            ("first paint (Harvest), reload", [v["reload_stages"] for v in visits])]
     rows += [(f"switch to {nav}", [v["switch_stages"][nav] for v in visits]) for _, nav, _ in PAGES[1:]]
     for name, stages in rows:
-        print(f"{name:28}" + "".join(f"{_median([s[k] for s in stages]):>{w}}" for k, w in
-                                     (("title_s", 7), ("script_s", 8), ("chart_s", 8)))
+        print(f"{name:34}" + "".join(f"{_median([s[k] for s in stages]):>{w}}" for k, w in
+                                     (("title_s", 7), ("script_s", 8), ("chart_s", 8), ("all_s", 7)))
               + f"{max(s['chart_s'] for s in stages):>11.2f}")
 
 
