@@ -8,7 +8,7 @@ prints, as medians over repeats (each a fresh browser), the first meaningful pai
 start → its title, script done and first chart drawn), the same after a reload (scripts in the browser cache), and
 every page switch (sidebar click → the new page's title, script done, first chart, all charts drawn; the next click
 waits until the page has settled), with the machine's load average. Build a store of 10 real SmolLM2 scans with
-benchmarks/explorer_store.py.
+benchmarks/explorer_scans.py.
 Needs Debian's chromium (/usr/bin/chromium) and the playwright package (the [dev] extra).
 """
 

@@ -1,6 +1,6 @@
 """Build the explorer benchmark's run store: N labelled copies of ONE real SmolLM2 scan (plus other runs as they are).
 
-    python benchmarks/explorer_store.py OUT [--source SCAN_RUN_DIR] [--copies 10] [--extra RUN_DIR ...]
+    python benchmarks/explorer_scans.py OUT [--source SCAN_RUN_DIR] [--copies 10] [--extra RUN_DIR ...]
 
 Without --source it first records the scan the copies are made of (a real `sparsescope scan` of the embedded
 SmolLM2-135M: prose, code, random_tokens, multilingual + a shuffle ladder, 64 tokens; a few minutes on 2 idle
