@@ -259,11 +259,13 @@ def default_metric(activations: pd.DataFrame) -> str:
 
 def report(run: RunDir, metric: str | None = None, html: bool = True) -> Report:
     """Summarise a scan run: ID vs OOD per layer and, with a `prompts` table, the statistics over prompts (their
-    `effects`, `trends` and `detector` tables are written into the run); ``html`` also writes `report.html`.
+    `effects`, `trends`, `ladder_means` (the ladder bands), `detector` and its ROC points `roc` are written into the
+    run); ``html`` also writes `report.html`.
 
     ``metric`` None: hoyer, or the run's first metric when it has no hoyer. A run without ID or OOD suites
     (ladders only) has no ID/OOD summary (``summary`` None) but still its statistics and page."""
     from sparsescope.harvest.summary import DEFAULT_SITES, ID, OOD, statistics, summary_table
+    from sparsescope.ood import roc_table
     from sparsescope.show.report import write_html
 
     acts = run.read("activations")
@@ -275,9 +277,11 @@ def report(run: RunDir, metric: str | None = None, html: bool = True) -> Report:
     stats = {}
     if "prompts" in run.manifest.get("tables", {}):
         stats = statistics(run.read("prompts"))
-        for name in ("effects", "trends", "detector"):
+        if "detector" in stats:  # the ROC points go into their own tidy table
+            stats["roc"] = roc_table(stats["detector"])
+        for name in ("effects", "trends", "ladder_means", "detector", "roc"):
             if name in stats:
-                run.write_table(name, stats[name].drop(columns=["fpr", "tpr"], errors="ignore"))
+                run.write_table(name, stats[name].drop(columns=["fpr", "tpr"]) if name == "detector" else stats[name])
     path = write_html(run, metric=metric, stats=stats) if html else None
     return Report(run, metric, summary, stats, path)
 

@@ -25,7 +25,7 @@ import torch
 
 from sparsescope.errors import UserError, check_whole
 from sparsescope.models.loading import LoadedModel
-from sparsescope.kernels.stats import site_values
+from sparsescope.kernels.stats import logit_values, site_values
 from sparsescope.models.sites import layer_list, parse_site, site_list
 from sparsescope.probes import as_suites, unique_suites
 from sparsescope.record.metrics import FIRE_T, Metric, parse_metrics, stats_spec
@@ -336,7 +336,7 @@ class Recorder:
                                     value=float((fire == 0).mean()), n_tokens=int(n_tok)),
                                dict(layer=layer, site=site, metric="dense_frac", threshold=FIRE_T,
                                     value=float((freq > 0.5).mean()), n_tokens=int(n_tok))]
-                neuron_frames.append(_neuron_frame(layer, site, freq, st.abs_sum.cpu().numpy() / n_tok))
+                neuron_frames.append((layer, site, freq, st.abs_sum.cpu().numpy() / n_tok))
         if nonfinite:
             warnings.warn(f"suite {suite.name!r}: NaN/inf activations at {len(nonfinite)} site(s) "
                           f"({', '.join(nonfinite[:3])}{', ...' if len(nonfinite) > 3 else ''}); those tokens are left "
@@ -360,7 +360,7 @@ class Recorder:
         activations = pd.DataFrame(split_rows)
         for k, v in reversed(base.items()):
             activations.insert(0, k, v)
-        neurons = pd.concat(neuron_frames, ignore_index=True) if neuron_frames else _empty_neurons()
+        neurons = _neuron_frame(neuron_frames)
         for k in ("split", "suite", "run_id"):
             neurons.insert(0, k, base[k])
         return Recording(activations[_ACT_COLUMNS], prompts, neurons, run_id)
@@ -431,16 +431,19 @@ def observe_site(t: torch.Tensor, batch: dict, st: _SiteStats, spec, neurons: bo
 def observe_pattern(p: torch.Tensor, batch: dict, st: _SiteStats, spec, causal: bool, use_kernel: bool | None) -> None:
     """Attention rows: each (query, head) row over the keys the query can see; a token's value is the mean over
     heads. Counted queries only; the first query of a causal model sees one key and is skipped (a 1-entry row
-    has no sparsity)."""
+    has no sparsity). The masks depend only on the batch, so every layer shares them."""
     b, h, q, k = p.shape
-    valid, count, rows = batch["valid"], batch["count"], batch["rows"]
-    keys = valid[:, None, :k].expand(b, q, k)
-    if causal:
-        keys = keys & torch.ones(q, k, dtype=torch.bool).tril()[None]
-    queries = count[:, :q] & (keys.sum(-1) >= 2)
-    owner = torch.where(queries, rows[:, None], -1)
-    index = torch.where(queries, owner, st.n_prompts).flatten()
-    keys, owner, index = (v.to(p.device) for v in (keys, owner, index))
+    key = ("pattern", q, k, p.device)
+    if key not in batch:
+        valid, count, rows = batch["valid"], batch["count"], batch["rows"]
+        keys = valid[:, None, :k].expand(b, q, k)
+        if causal:
+            keys = keys & torch.ones(q, k, dtype=torch.bool).tril()[None]
+        queries = count[:, :q] & (keys.sum(-1) >= 2)
+        owner = torch.where(queries, rows[:, None], -1)
+        index = torch.where(queries, owner, st.n_prompts).flatten()
+        batch[key] = tuple(v.to(p.device) for v in (keys, owner, index))
+    keys, owner, index = batch[key]
     st.add(site_values(p.permute(0, 2, 1, 3), owner, spec, mask=keys, use_kernel=use_kernel), index)
 
 
@@ -448,14 +451,9 @@ def observe_pattern(p: torch.Tensor, batch: dict, st: _SiteStats, spec, causal: 
 def next_token_sums(logits: torch.Tensor, input_ids: torch.Tensor, count: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Per row, the sums of next-token NLL and max-softmax probability over the counted tokens (each predicted from
     the position before it) ``[B, 2]`` and their number ``[B]``, float64 on the CPU: the baseline OOD signals."""
-    input_ids, count = input_ids.to(logits.device), count.to(logits.device)
-    logits = logits[:, :-1]
-    logp = torch.log_softmax(logits if logits.dtype == torch.float64 else logits.float(), -1)  # bf16 → float32
-    target_valid = count[:, 1:]
-    nll = -logp.gather(-1, input_ids[:, 1:, None])[..., 0]
-    maxp = logp.max(-1).values.exp()
-    per = torch.stack([(nll * target_valid).sum(1), (maxp * target_valid).sum(1)], 1)
-    return per.double().cpu(), target_valid.sum(1).double().cpu()
+    per = logit_values(logits[:, :-1], input_ids[:, 1:].to(logits.device), count[:, 1:].to(logits.device))
+    per = per.sum(1).cpu()  # tokens with a NaN/inf logit are left out of both the sums and the count
+    return per[:, :2], per[:, 2]
 
 
 def _on_device(batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -465,12 +463,18 @@ def _on_device(batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.T
     return batch[device]
 
 
-def _neuron_frame(layer: int, site: str, freq: np.ndarray, mean_abs: np.ndarray) -> pd.DataFrame:
-    n = len(freq)
-    return pd.DataFrame(dict(layer=np.full(2 * n, layer, np.int32), site=site,
-                             index=np.concatenate([np.arange(n), np.arange(n)]).astype(np.int32),
-                             metric=np.repeat(["fire_freq", "mean_abs"], n),
-                             value=np.concatenate([freq, mean_abs]).astype(np.float32)))
+def _neuron_frame(items: list[tuple[int, str, np.ndarray, np.ndarray]]) -> pd.DataFrame:
+    """One row per (site, metric, neuron) from ``(layer, site, freq, mean_abs)`` items, built as whole columns."""
+    if not items:
+        return _empty_neurons()
+    sizes = [2 * len(it[2]) for it in items]
+    return pd.DataFrame(dict(
+        layer=np.repeat([it[0] for it in items], sizes).astype(np.int32),
+        site=np.repeat(np.array([it[1] for it in items], dtype=object), sizes),
+        index=np.concatenate([np.tile(np.arange(len(it[2]), dtype=np.int32), 2) for it in items]),
+        metric=np.concatenate([np.repeat(np.array(["fire_freq", "mean_abs"], dtype=object), len(it[2]))
+                               for it in items]),
+        value=np.concatenate([np.concatenate([it[2], it[3]]) for it in items]).astype(np.float32)))
 
 
 def _empty_neurons() -> pd.DataFrame:
