@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from sparsescope.ood import versus_baseline
-from sparsescope.harvest.summary import DIFF, GROUPS, effect_summary, statistics
+from sparsescope.harvest.summary import DIFF, GROUPS, accuracy_effects, effect_summary, statistics
 from sparsescope.stats import bootstrap_ci, effect_table, n_significant
 from sparsescope.store import RunStore
 
@@ -87,10 +87,10 @@ def detector_table(det: pd.DataFrame) -> pd.DataFrame:
                          "verdict": verdict})
 
 
-def difficulty_table(stats: dict, answers: pd.DataFrame, n_boot: int) -> pd.DataFrame:
-    """Per task level: the model's accuracy [CI] and mlp.hook_post hoyer per layer group [CI]."""
+def difficulty_table(stats: dict, answers: pd.DataFrame, n_boot: int, site: str = "mlp.hook_post") -> pd.DataFrame:
+    """Per task level: the model's accuracy [CI] and ``site`` hoyer per layer group [CI]."""
     means = stats["ladder_means"]
-    means = means[(means["site"] == "mlp.hook_post") & (means["metric"] == "hoyer")]
+    means = means[(means["site"] == site) & (means["metric"] == "hoyer")]
     out = []
     for (split, level), g in answers.groupby(["split", "level"], sort=True):
         task = split.partition("@")[0]
@@ -99,6 +99,34 @@ def difficulty_table(stats: dict, answers: pd.DataFrame, n_boot: int) -> pd.Data
         for group in GROUPS:
             m = means[(means["ladder"] == task) & (means["level"] == level) & (means["group"] == group)]
             row[f"hoyer {group}"] = _ci(*m[["mean", "lo", "hi"]].iloc[0], ".3f") if len(m) else "–"
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def level_table(stats: dict, ladders: list[str], site: str = "mlp.hook_post") -> pd.DataFrame:
+    """Per ladder level: ``site`` hoyer per layer group, mean [CI] over the level's prompts."""
+    means = stats["ladder_means"]
+    means = means[(means["site"] == site) & (means["metric"] == "hoyer") & means["ladder"].isin(ladders)]
+    wide = means.assign(cell=[_ci(*x, ".3f") for x in zip(means["mean"], means["lo"], means["hi"])])
+    n = wide.groupby(["ladder", "level"])["n_prompts"].max().rename("n")
+    wide = wide.pivot(index=["ladder", "level"], columns="group", values="cell")
+    return wide[[g for g in GROUPS if g in wide.columns]].add_prefix("hoyer ").join(n).reset_index()
+
+
+def wrong_right_table(prompts: pd.DataFrame, answers: pd.DataFrame, n_boot: int) -> pd.DataFrame:
+    """Within each level: hoyer of wrongly vs rightly answered prompts, per site and layer group."""
+    eff = accuracy_effects(prompts, answers, n_boot=n_boot)
+    if eff.empty:
+        return eff
+    eff = eff[eff["metric"] == "hoyer"]
+    out = []
+    for (task, level, site), g in eff.groupby(["task", "level", "site"], sort=True):
+        row = {"task": task, "level": level, "site": site,
+               "n right / wrong": f"{g.n_right.iloc[0]} / {g.n_wrong.iloc[0]}"}
+        for r in g.sort_values("layer").itertuples(index=False):
+            star = " *" if r.p_holm < 0.05 else ""
+            row[f"wrong_minus_right {r.group}"] = _ci(r.wrong_minus_right, r.wrong_minus_right_lo,
+                                                      r.wrong_minus_right_hi) + star
         out.append(row)
     return pd.DataFrame(out)
 
@@ -169,12 +197,24 @@ def main() -> None:
         print("\nEvery method's AUROC on the held-out family:\n")
         print(markdown(wide.reset_index()))
     if "answers" in run.manifest.get("tables", {}) or "answers" in run.done_parts():
-        print("\n### Difficulty ladders: accuracy and mlp.hook_post hoyer per level\n")
-        print(markdown(difficulty_table(stats, run.read("answers", allow_incomplete=True), args.n_boot)))
+        answers = run.read("answers", allow_incomplete=True)
+        for site in ("mlp.hook_post", "hook_resid_post"):
+            if site in set(prompts["site"]):
+                print(f"\n### Difficulty ladders: accuracy and {site} hoyer per level (means, 95% CI)\n")
+                print(markdown(difficulty_table(stats, answers, args.n_boot, site)))
+        print("\n### Difficulty ladders: hoyer of wrong vs right answers within each level "
+              "(levels with ≥ 3 of each; * = Holm p < 0.05 within the level)\n")
+        print(markdown(wrong_right_table(prompts, answers, args.n_boot)))
     if "trends" in stats:
         ladders = tuple(sorted(set(stats["trends"]["ladder"])))
         print("\n### Trends along ladders, hoyer (Spearman rho vs level per layer group, 95% CI)\n")
         print(markdown(trend_rows(stats, ladders)))
+        answered = "answers" in run.manifest.get("tables", {}) or "answers" in run.done_parts()
+        plain = [name for name in ladders if not answered or name not in ("addition", "list_ops")]
+        for site in ("mlp.hook_post", "hook_resid_post") if plain else ():
+            if site in set(prompts["site"]):
+                print(f"\n### Ladders without accuracy: {site} hoyer per level (means, 95% CI)\n")
+                print(markdown(level_table(stats, plain, site)))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 import tracemalloc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -89,9 +89,8 @@ def _child(args: list[str], env: dict | None = None) -> dict:
 
 
 def memory(model: str = "smollm2-135m", suite: str = "prose", factor: int = 10) -> dict:
-    """The recorder's own memory for 10 prompts vs the same 10 prompts each ``factor`` × as long (all default
-    metrics, every site, neurons), each in a fresh process: its streaming state, the Python allocations
-    (tracemalloc peak) and the RSS growth over the run after a warm-up forward (not the process's peak)."""
+    """The recorder's own memory for 10 prompts vs the same 10 prompts each ``factor`` × as long (every default
+    metric, every site, neurons and logit baselines on), each side in a fresh process (`recorder_memory`)."""
     check_whole(factor, "factor", 2)
     small = _child(["_memory", model, suite, "1"])
     large = _child(["_memory", model, suite, str(factor)])
@@ -99,27 +98,54 @@ def memory(model: str = "smollm2-135m", suite: str = "prose", factor: int = 10) 
             "ratio": {k: large[k] / small[k] if small[k] else math.nan for k in small}}
 
 
-def _rss_mb() -> float:
-    """Resident set size now (Linux /proc), in MB."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+def torch_peak(fn: Callable[[], object]) -> tuple[object, int]:
+    """``(fn(), peak bytes)``: the highest net total of torch CPU tensor bytes allocated while ``fn`` ran, above
+    what was allocated before (exact: every allocation the CPU allocator reports to the profiler, not sampled).
+    Tensors allocated before and freed inside are not subtracted, so the peak is never under-counted."""
+    from torch._C._profiler import _EventType
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        result = fn()
+    peak, todo = 0, list(prof.profiler.kineto_results.experimental_event_tree())
+    while todo:
+        e = todo.pop()
+        todo.extend(e.children)
+        if e.tag == _EventType.Allocation and e.extra_fields.device.type == "cpu":
+            peak = max(peak, e.extra_fields.total_allocated)
+    return result, peak
+
+
+def recorder_memory(lm, suite, repeat: int, n_prompts: int = 10, **config) -> dict:
+    """What recording costs in memory beyond the model's own forward, for ``n_prompts`` prompts of ``suite`` each
+    repeated ``repeat`` times (one batch, whole prompts, every default metric and site, neurons, logit baselines).
+
+    ``forward_peak_mb``: torch tensors at the peak of plain forwards over the same batches (activations, logits:
+    the model's, not the recorder's); ``record_peak_mb``: the same while recording; ``recorder_mb``: their
+    difference, the recorder's own transient memory (hook temporaries, the log-softmax of the logit baselines);
+    ``state_mb``: its streaming sums (prompts × sites, independent of tokens); ``python_peak_mb``: Python and
+    numpy allocations while recording (tracemalloc: the tables), which torch's allocator does not report.
+    ``config``: other `RecordConfig` fields (e.g. ``logits=False``)."""
+    s = dataclasses.replace(suite, prompts=[dataclasses.replace(p, text=" ".join([p.text] * repeat))
+                                            for p in suite.prompts[:n_prompts]])
+    rec = Recorder(lm, RecordConfig(max_tokens=lm.context, batch_size=n_prompts, window=0, **config))
+    rec.record_suite(dataclasses.replace(s, prompts=s.prompts[:1]))  # warm-up: kernel built, lazy buffers made
+    batches = [(x, m.long()) for _, x, m in rec.batches(rec.tokenize(s.texts))]
+    gc.collect()
+    _, forward = torch_peak(lambda: [lm.forward(x, m) is None for x, m in batches])  # logits freed at once
+    tracemalloc.start()
+    _, record = torch_peak(lambda: rec.record_suite(s))
+    py_peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    mb = 2**-20
+    return {"tokens": sum(int(m.sum()) for _, m in batches), "forward_peak_mb": forward * mb,
+            "record_peak_mb": record * mb, "recorder_mb": (record - forward) * mb, "state_mb": rec.state_bytes * mb,
+            "python_peak_mb": py_peak * mb}
 
 
 def _memory_child(model: str, suite: str, repeat: int) -> dict:
     lm = load_model(model)
-    s = load_suites([suite], tokenizer=lm.tokenizer)[0]
-    s.prompts = [dataclasses.replace(p, text=" ".join([p.text] * repeat)) for p in s.prompts[:10]]
-    rec = Recorder(lm, RecordConfig(max_tokens=4096, batch_size=10, window=0))
-    warm = rec.record_suite(type(s)(s.name, s.split, s.prompts[:1], s.source, s.license))  # kernel, allocator pools
-    del warm
-    gc.collect()
-    rss0 = _rss_mb()
-    tracemalloc.start()
-    run = rec.record_suite(s)
-    py_peak = tracemalloc.get_traced_memory()[1] / 2**20
-    tracemalloc.stop()
-    return {"tokens": int(run.prompts[run.prompts.metric == "nll"].n_tokens.sum() + len(s.prompts)),
-            "state_mb": rec.state_bytes / 2**20, "python_peak_mb": py_peak, "rss_growth_mb": _rss_mb() - rss0}
+    return recorder_memory(lm, load_suites([suite], tokenizer=lm.tokenizer)[0], repeat)
 
 
 def load_time(model: str = "smollm2-135m") -> dict:

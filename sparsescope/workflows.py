@@ -210,6 +210,7 @@ def _scan(store: RunStore, opts: ScanOptions, resume: str | None, load: Callable
                      key, {"activations": part.activations, "prompts": part.prompts, "neurons": part.neurons}))
     tasks = [s for s in suite_objs if any(p.answer for p in s.prompts)]
     if tasks and ANSWERS not in done:  # difficulty ladders: the model's own accuracy per level
+        announce(f"answering {sum(len(s.prompts) for s in tasks)} difficulty prompts (greedy, for the accuracy)")
         run.write_part(ANSWERS, {ANSWERS: answer_accuracy(lm, tasks)})
     seconds = time.perf_counter() - start  # this session's recording (a resumed run times only what it recorded)
     padded = recorder.padded_tokens  # forward-pass tokens including right padding

@@ -446,3 +446,30 @@ def test_difficulty_ladders_have_checkable_answers():
         difficulty("division")
     with pytest.raises(UserError, match="levels"):
         difficulty("addition", levels=[0])
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gpt_neox"])
+def test_difficulty_answers_use_the_cached_greedy_continuation(arch):
+    """`greedy` (KV cache) equals re-running the whole growing sequence per token, and `correct` compares it."""
+    import dataclasses
+
+    import torch
+    from tiny import tiny_model
+
+    from sparsescope.probes import Prompt
+    from sparsescope.record.accuracy import answer_accuracy, greedy
+
+    lm = tiny_model(arch, seed=1)
+    text, ids = "12 + 30 =", lm.tokenizer("12 + 30 =")["input_ids"]
+    for _ in range(8):  # the reference: a full forward over the whole sequence for every new token
+        ids.append(int(lm.forward(torch.tensor([ids]))[0, -1].argmax()))
+    ref = ids[-8:]
+    assert greedy(lm, text, 8) == lm.tokenizer.decode(ref)
+    first = lm.tokenizer.decode(ref[:1]).strip() or "?"
+    right = Prompt("p0@2", text, "difficulty:addition", "addition@2", 2, answer=" " + first)
+    wrong = dataclasses.replace(right, id="p1@2", answer=" " + ("7" if first == "8" else "8"))
+    suite = Suite("difficulty:addition", "addition@2", [right, wrong], "test", "CC0-1.0", level=2)
+    table = answer_accuracy(lm, [suite])
+    n_new = len(lm.tokenizer(right.answer, add_special_tokens=False)["input_ids"]) + 1
+    assert table["output"].tolist() == [lm.tokenizer.decode(ref[:n_new])] * 2
+    assert table["correct"].tolist() == [lm.tokenizer.decode(ref[:1]).strip() == first, False]

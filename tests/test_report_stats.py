@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from _tables import prompts_table
 from sparsescope.cli import app
-from sparsescope.harvest.summary import effect_summary, layer_groups, statistics, trend_summary
+from sparsescope.harvest.summary import accuracy_effects, effect_summary, layer_groups, statistics, trend_summary
 from sparsescope.stats import holm
 from test_cli import one_line_error
 
@@ -111,3 +111,26 @@ def test_encoder_runs_without_logits_rows_get_the_detector_with_the_token_count_
     with pytest.warns(UserWarning, match="no LM head"):
         stats = statistics(df[df["site"] != "logits"], n_boot=100)
     assert set(stats["detector"]["method"]) == {"sparsity_profile", "token_count"}
+
+
+def test_accuracy_effects_compare_wrong_with_right_answers_within_each_level():
+    """Point estimates against a plain pandas difference of means; a level with too few wrong answers is skipped."""
+    def value(rng, split, level, f, i):  # wrong answers (i % 3 == 0) at level 1 are sparser by 0.5 everywhere
+        return rng.normal() + (0.5 if split == "addition@1" and i % 3 == 0 else 0.0)
+
+    prompts = prompts_table([("difficulty:addition", "addition@1", 1, 12),
+                             ("difficulty:addition", "addition@2", 2, 12)], value, seed=4)
+    ids = prompts.drop_duplicates(["split", "prompt_id"])[["split", "prompt_id"]]
+    answers = ids.assign(correct=[not (s == "addition@1" and int(p.split("-")[-1].split("@")[0]) % 3 == 0)
+                                  and not (s == "addition@2" and p.endswith("-0@2"))
+                                  for s, p in zip(ids["split"], ids["prompt_id"])])
+    out = accuracy_effects(prompts, answers, n_boot=200)
+    assert set(out["level"]) == {1} and (out["n_right"] == 8).all() and (out["n_wrong"] == 4).all()
+    raw = prompts[(prompts["split"] == "addition@1") & (prompts["metric"] == "near_zero_frac")]
+    raw = raw.merge(answers, on=["split", "prompt_id"])
+    for r in out[out["metric"] == "near_zero_frac"].itertuples():
+        cell = raw[(raw["layer"] == r.layer) & (raw["site"] == r.site)]
+        expected = cell.loc[~cell["correct"], "value"].mean() - cell.loc[cell["correct"], "value"].mean()
+        assert r.wrong_minus_right == pytest.approx(expected) and r.wrong_minus_right_lo < expected
+        assert r.group == ("early", "middle", "late")[r.layer]
+    assert set(out["metric"]) == {"near_zero_frac"}  # zero_frac is not an effect metric

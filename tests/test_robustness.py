@@ -1,6 +1,7 @@
 """Issue 10: nothing lost, nothing cryptic. Behaviour tests for awkward inputs that are accepted or must be
 refused in a specific way; the plain "refused with one line" cases live in tests/data/bad_inputs.yaml."""
 
+import importlib
 import json
 from pathlib import Path
 
@@ -322,3 +323,51 @@ def test_a_second_resume_of_a_run_being_written_is_refused(interrupted):
         holder.wait()
     res = _cli("scan", "--resume", interrupted.name, "--runs-dir", interrupted.parent)
     assert res.exit_code == 0 and "1 already done" in res.output.replace("\n", " "), res.output
+
+
+def test_torch_peak_is_the_exact_high_water_mark_of_tensor_bytes():
+    from sparsescope.bench import torch_peak
+
+    def allocate():
+        a = torch.zeros(1000, 1000)  # 4 MB
+        b = torch.zeros(500, 1000)  # 2 MB: 6 MB live
+        del a
+        c = torch.zeros(2000, 1000)  # 8 MB: 10 MB live, the peak
+        return float(b.sum() + c.sum())
+
+    result, peak = torch_peak(allocate)
+    assert result == 0.0 and 10_000_000 <= peak < 10_000_000 + 4096  # + the two 4-byte sums
+
+
+def test_bench_memory_counts_what_the_recorder_allocates_beyond_the_forward(monkeypatch):
+    """With a vocabulary large enough for the logits [B, T, V] to dominate the forward's peak: the fused logit
+    baselines add (almost) nothing to it, while a logit pass that copied the logits would hold 2 × their bytes at
+    once (closed-form lower bound), and the benchmark must see that copy as the recorder's; the streaming state
+    does not grow with the tokens."""
+    import transformers as T
+    from tiny import char_tokenizer
+
+    from sparsescope.bench import recorder_memory
+    from sparsescope.models import load_model
+    from sparsescope.probes import Prompt, Suite
+
+    torch.manual_seed(0)
+    config = T.LlamaConfig(vocab_size=8192, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                           num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256)
+    big = load_model((T.AutoModelForCausalLM.from_config(config), char_tokenizer()))
+    texts = ["the quick brown fox jumps over the lazy dog", "a small cat sleeps on warm stones"]
+    suite = Suite("t", "id", [Prompt(f"p{i}", t, "t", "id") for i, t in enumerate(texts)], "test", "CC0-1.0")
+    sites = dict(sites="mlp.hook_post", metrics="hoyer")
+    fused = recorder_memory(big, suite, 4, **sites)
+    width = len(big.tokenizer(" ".join([texts[0]] * 4))["input_ids"])  # the batch is padded to the longest
+    logits_mb = 2 * width * 8192 * 4 / 2**20
+    assert fused["tokens"] == sum(len(big.tokenizer(" ".join([t] * 4))["input_ids"]) for t in texts)
+    assert logits_mb <= fused["forward_peak_mb"] < 1.5 * logits_mb and fused["recorder_mb"] < 0.1 * logits_mb
+
+    recorder = importlib.import_module("sparsescope.record.recorder")  # the package's `record` shadows the name
+    real = recorder.next_token_sums
+    monkeypatch.setattr(recorder, "next_token_sums", lambda logits, *a: real(logits.clone(), *a))
+    copying = recorder_memory(big, suite, 4, **sites)
+    assert copying["forward_peak_mb"] == pytest.approx(fused["forward_peak_mb"])
+    assert copying["record_peak_mb"] >= 2 * logits_mb and copying["recorder_mb"] > 0.5 * logits_mb
+    assert recorder_memory(big, suite, 1, **sites)["state_mb"] == pytest.approx(fused["state_mb"])

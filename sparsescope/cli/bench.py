@@ -71,11 +71,14 @@ def _bench_memory(model: str, suite: str) -> None:
 
     with console.status("memory: recording 1× vs 10× the tokens per prompt in fresh processes"):
         m = b.memory(model, suite)
-    out.print(f"recorder memory, 10 prompts, all default metrics: 1× ({m['1x']['tokens']} tok) vs "
-              f"{m['factor']}× ({m['10x']['tokens']} tok)")
-    for key, label in (("state_mb", "streaming state"), ("python_peak_mb", "python peak (tracemalloc)"),
-                       ("rss_growth_mb", "RSS growth after warm-up")):
-        out.print(f"  {label:>26}: {m['1x'][key]:8.2f} MB vs {m['10x'][key]:8.2f} MB  (×{m['ratio'][key]:.2f})")
+    out.print(f"recorder memory, 10 prompts in one batch, every default metric and site, neurons, logit baselines: "
+              f"1× ({m['1x']['tokens']} tok) vs {m['factor']}× ({m['10x']['tokens']} tok)")
+    for key, label in (("recorder_mb", "recorder's own peak (torch)"), ("state_mb", "  of which streaming state"),
+                       ("python_peak_mb", "python peak (tables)"), ("forward_peak_mb", "model's forward peak"),
+                       ("record_peak_mb", "recording peak (torch)")):
+        out.print(f"  {label:>28}: {m['1x'][key]:9.2f} MB vs {m['10x'][key]:9.2f} MB  (×{m['ratio'][key]:.2f})")
+    out.print("  recorder's own = recording peak − the model's forward peak over the same batch (exact torch CPU "
+              "allocations, profiler); python = tracemalloc")
 
 
 def _bench_kernels(repeats: int, runs_dir, cpu_time: bool) -> None:

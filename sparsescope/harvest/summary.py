@@ -167,6 +167,34 @@ def statistics(prompts: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict
     return out
 
 
+def accuracy_effects(prompts: pd.DataFrame, answers: pd.DataFrame, n_boot: int = 1000, seed: int = 0,
+                     min_n: int = 3) -> pd.DataFrame:
+    """Sparsity of the prompts the model answers wrongly vs those it answers right, within each difficulty level.
+
+    Along a difficulty ladder the level and the model's accuracy move together; comparing wrong with right
+    answers *at one level* asks whether sparsity tracks difficulty as the model experiences it, the level held
+    fixed. Per task level with at least ``min_n`` right and ``min_n`` wrong answers: `effect_table` of the layer
+    groups (early / middle / late, hoyer and near_zero_frac@0.1), column `wrong_minus_right`, Holm within the
+    level; plus task, level, n_right, n_wrong. ``answers``: the run's `answers` table (split, prompt_id, correct).
+    """
+    rows = _metric_pairs(prompts, EFFECT_METRICS)
+    correct = answers.set_index(["split", "prompt_id"])["correct"]
+    rows = rows[rows.set_index(["split", "prompt_id"]).index.isin(correct.index)]
+    out = []
+    for split, level_rows in layer_groups(rows).groupby("split", sort=True):
+        right = correct.loc[split].reindex(level_rows["prompt_id"]).to_numpy(dtype=bool)
+        n_right = int(correct.loc[split].sum())
+        n_wrong = int(len(correct.loc[split]) - n_right)
+        if min(n_right, n_wrong) < min_n:
+            continue
+        table = effect_table(level_rows.assign(split=np.where(right, "right", "wrong")), "right", "wrong",
+                             n_boot=n_boot, seed=seed)
+        task, _, level = split.partition("@")
+        out.append(table.assign(task=task, level=int(level), n_right=n_right, n_wrong=n_wrong,
+                                group=table["layer"].map(dict(enumerate(GROUPS)))))
+    return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
+
+
 def effect_summary(effects: pd.DataFrame) -> pd.DataFrame:
     """Per family, site and metric: layers tested, Holm-significant (up = OOD − ID > 0 / down), and the layer with
     the largest |g|."""

@@ -19,12 +19,25 @@ ANSWERS = "answers"  # the run table (and part key) of `answer_accuracy`
 
 @torch.inference_mode()
 def greedy(lm: LoadedModel, text: str, n_new: int) -> str:
-    """The model's greedy continuation of `text`, `n_new` tokens, decoded (no KV cache: prompts are short)."""
+    """The model's greedy continuation of `text`, `n_new` tokens, decoded (EOS does not stop it).
+
+    A Hugging Face model decodes with its KV cache (one pass over the prompt, then one token per step: a full
+    re-run per new token made the 220 ladder prompts take over an hour on a shared CPU); a TransformerLens model
+    re-runs the growing sequence."""
     ids = torch.tensor([lm.tokenizer(text)["input_ids"]])
-    for _ in range(n_new):
-        nxt = lm.forward(ids)[0, -1].argmax()
-        ids = torch.cat([ids, nxt.view(1, 1).cpu()], 1)  # logits may live on a GPU
-    return lm.tokenizer.decode(ids[0, -n_new:].tolist())
+    new: list[int] = []
+    if lm.kind == "hooked":
+        for _ in range(n_new):
+            new.append(int(lm.forward(ids)[0, -1].argmax()))
+            ids = torch.cat([ids, torch.tensor([new[-1:]])], 1)
+    else:
+        out = lm.model(input_ids=ids.to(lm.device), use_cache=True)
+        for step in range(n_new):
+            new.append(int(out.logits[0, -1].argmax()))
+            if step + 1 < n_new:
+                out = lm.model(input_ids=torch.tensor([new[-1:]], device=lm.device),
+                               past_key_values=out.past_key_values, use_cache=True)
+    return lm.tokenizer.decode(new)
 
 
 def answer_accuracy(lm: LoadedModel, suites: Sequence, progress: Callable[[int], None] | None = None) -> pd.DataFrame:
