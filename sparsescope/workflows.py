@@ -443,18 +443,18 @@ def circuits_discover(store: RunStore, model: str, tasks: str, cfg, save: Path |
                       load: Callable = load_model, progress: Progress = _quiet):
     """A circuits run: every method's ranking, circuit and held-out scores per task (``save``: one circuit JSON per
     task and method). Returns ``(run, tables, seconds)``."""
-    from sparsescope.circuits.patch import Patcher
-    from sparsescope.circuits.study import run_discovery, save_circuit, work
+    from sparsescope.circuits.study import make_patcher, run_discovery, save_circuit, work
 
     names = _task_names(tasks)
     store.check_writable()
     start = time.perf_counter()
     lm = load(model)
-    total = work(cfg, Patcher(lm, cfg.level, "zero").n_nodes) * len(names)
+    total = work(cfg, make_patcher(lm, cfg.level, "zero").n_nodes) * len(names)
     tables = run_discovery(lm, names, cfg, lambda k: progress(k, total))
     if save:
         save.mkdir(parents=True, exist_ok=True)
-        for (task, method), c in tables["circuit"].groupby(["task", "method"]):
+        chosen = tables["edges"][tables["edges"]["in_circuit"]] if cfg.level == "edges" else tables["circuit"]
+        for (task, method), c in chosen.groupby(["task", "method"]):
             save_circuit(save / f"{task}.{method}.json", lm, c, cfg.level)
     run = _circuits_run(store, lm, {"command": "discover", "model": model, "tasks": names, "discover": asdict(cfg)},
                         tables, start)

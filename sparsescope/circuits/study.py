@@ -20,6 +20,7 @@ import torch
 from scipy.stats import spearmanr
 
 from sparsescope.circuits import attribution, scores
+from sparsescope.circuits.edges import EdgePatcher
 from sparsescope.circuits.mask import MaskConfig, learn_mask
 from sparsescope.circuits.patch import Patcher, shape_of
 from sparsescope.circuits.tasks import TASKS, Pair, Performance, TaskData, check_task, make_task, performance
@@ -35,7 +36,7 @@ class DiscoverConfig:
     """What a discovery run does."""
 
     methods: tuple[str, ...] = ("eap", "eap_ig", "mask")  # ranking methods; "exact" patches every node (slow)
-    level: str = "heads"  # node level: heads (query heads + MLPs), neurons (heads + MLP neurons), layers
+    level: str = "heads"  # heads (query heads + MLPs), neurons (heads + MLP neurons), layers, or edges between them
     ablation: str = "counterfactual"  # counterfactual (corrupted prompt), mean (over the reference) or zero
     reference: str = "train"  # mean ablation's reference set: the clean prompts of this split
     n: int = 24  # prompt pairs per split (train finds, test scores)
@@ -52,6 +53,14 @@ def check_methods(methods) -> None:
     for m in methods:
         if m not in METHODS:
             raise UserError(f"unknown method {m!r}; choose from: {', '.join(METHODS)}")
+
+
+def make_patcher(lm: LoadedModel, level: str, ablation: str = "counterfactual", reference: TaskData | None = None,
+                 batch_size: int = 32) -> Patcher | EdgePatcher:
+    """The patcher of a level: :class:`EdgePatcher` for ``edges``, a node :class:`Patcher` otherwise."""
+    if level == "edges":
+        return EdgePatcher(lm, ablation, reference, batch_size)
+    return Patcher(lm, level, ablation, reference, batch_size)
 
 
 def split_data(lm: LoadedModel, task: str, cfg: DiscoverConfig) -> tuple[TaskData, TaskData]:
@@ -101,7 +110,7 @@ def discover(lm: LoadedModel, task: str, cfg: DiscoverConfig, progress: Progress
     perf = perf or measure(lm, task, cfg.n, cfg.seed, cfg.batch_size)
     perf.check()
     reference = train if cfg.reference == "train" else test
-    patcher = Patcher(lm, cfg.level, cfg.ablation, reference if cfg.ablation == "mean" else None, cfg.batch_size)
+    patcher = make_patcher(lm, cfg.level, cfg.ablation, reference if cfg.ablation == "mean" else None, cfg.batch_size)
     p_train, p_test = patcher.prepare(train), patcher.prepare(test)
     e_train, e_test = scores.ends(patcher, p_train), scores.ends(patcher, p_test)
     if abs(e_train.full - e_train.empty) < 1e-6 or abs(e_test.full - e_test.empty) < 1e-6:
@@ -135,12 +144,16 @@ def discover(lm: LoadedModel, task: str, cfg: DiscoverConfig, progress: Progress
                                n_components=k, circuit_frac=k / patcher.n_nodes, n_nodes=patcher.n_nodes,
                                seconds=seconds, m_full=e_test.full, m_empty=e_test.empty, **tag))
         chosen = keep.bool().numpy()
+        effects[-1]["in_circuit"] = chosen
         circuits.append(patcher.nodes[chosen].assign(method=method, score=shown.numpy()[chosen], **tag))
     if cfg.validate:
         validation.append(_validate(patcher, p_train, effects, cfg, progress, tag))
     tables = {"effects": pd.concat(effects, ignore_index=True), "faithfulness": pd.concat(curves, ignore_index=True),
               "scores": pd.DataFrame(score_rows), "circuit": pd.concat(circuits, ignore_index=True),
               "tasks": pd.DataFrame([asdict(perf)]).assign(model=lm.name, variant=variant)}
+    if cfg.level == "edges":  # edge rankings and circuits live in one table (the circuit is its in_circuit rows)
+        tables["edges"] = tables.pop("effects").rename(columns={"effect": "score"})
+        del tables["circuit"]
     if validation:
         tables["validation"] = pd.concat(validation, ignore_index=True)
     return tables
@@ -218,8 +231,12 @@ def firing(lm: LoadedModel, circuit: pd.DataFrame, task_pairs: dict[str, list[Pa
 
 # -- circuit files -------------------------------------------------------------------------------------------------
 def save_circuit(path: str | Path, lm: LoadedModel, circuit: pd.DataFrame, level: str) -> None:
-    """A circuit as JSON with the model's name and widths, so it is never applied to another model by mistake."""
-    nodes = circuit[["layer", "kind", "index"]].astype({"layer": int, "index": int}).to_dict("records")
+    """A circuit (nodes, or ``up, down`` edges) as JSON with the model's name and widths, so it is never applied to
+    another model by mistake."""
+    if level == "edges":
+        nodes = circuit[["up", "down"]].to_dict("records")
+    else:
+        nodes = circuit[["layer", "kind", "index"]].astype({"layer": int, "index": int}).to_dict("records")
     Path(path).write_text(json.dumps({"model": lm.name, "shape": shape_of(lm), "level": level, "nodes": nodes},
                                      indent=1))
 
@@ -242,7 +259,7 @@ def load_circuit(path: str | Path, lm: LoadedModel) -> tuple[pd.DataFrame, str]:
 def score_circuit(lm: LoadedModel, task: str, nodes: pd.DataFrame, level: str, cfg: DiscoverConfig) -> dict:
     """Faithfulness, necessity and sufficiency of a given circuit on the task's held-out prompts."""
     _, test = split_data(lm, task, cfg)
-    patcher = Patcher(lm, level, cfg.ablation, test if cfg.ablation == "mean" else None, cfg.batch_size)
+    patcher = make_patcher(lm, level, cfg.ablation, test if cfg.ablation == "mean" else None, cfg.batch_size)
     prepared = patcher.prepare(test)
     e = scores.ends(patcher, prepared)
     keep = patcher.mask_from(nodes)

@@ -55,7 +55,8 @@ def ablate(task: str = TASK,
 @friendly
 def discover(model: str = MODEL, tasks: str = TASKS,
              methods: str = typer.Option("eap,eap_ig,mask", help="eap, eap_ig, mask (learned), exact (slow)."),
-             level: str = typer.Option("heads", help="Nodes: heads (query heads + MLPs), neurons, layers."),
+             level: str = typer.Option("heads", help="heads (query heads + MLPs), neurons, layers, or edges "
+                                                     "(writer → q/k/v, MLP input, logits)."),
              ablation: str = ABLATION, n: int = N, seed: int = SEED,
              steps: int = typer.Option(5, help="Integrated-gradient steps of eap_ig."),
              random_seeds: int = RANDOM_SEEDS,
