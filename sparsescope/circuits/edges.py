@@ -51,6 +51,29 @@ def _config(lm: LoadedModel) -> tuple[int, int, int, int]:
     return heads, getattr(cfg, "num_key_value_heads", None) or heads, getattr(cfg, "head_dim", None) or d // heads, d
 
 
+class Deltas:
+    """Writers' δ in forward order as one ``[writers, B·T·d]`` matrix, so a reader group's input is one matrix product
+    ``coefᵀ @ δ`` (not one accumulation per writer chunk, which is memory-bound). Rows are written in place into one
+    buffer, unless gradients must flow through them (a learned mask): then the chunks are concatenated on demand."""
+
+    def __init__(self, full: torch.Tensor | None = None, grad: bool = False):
+        self.buf, self.parts, self.grad = full, [], grad
+        self.n = 0 if full is None else len(full)
+
+    def add(self, delta: torch.Tensor, total: int) -> None:
+        flat = delta.reshape(len(delta), -1)
+        if self.grad:
+            self.parts.append(flat)
+        else:
+            if self.buf is None:
+                self.buf = flat.new_empty(total, flat.shape[1])
+            self.buf[self.n: self.n + len(flat)] = flat
+        self.n += len(flat)
+
+    def rows(self, n: int) -> torch.Tensor:
+        return torch.cat(self.parts)[:n] if self.grad else self.buf[:n]
+
+
 class EdgePatcher:
     """Patch, ablate or attribute any set of edges of a pre-LayerNorm decoder with separate q/k/v projections."""
 
@@ -110,22 +133,18 @@ class EdgePatcher:
 
     # -- the patched forward ---------------------------------------------------------------------------------------
     @contextmanager
-    def _hooks(self, coef: torch.Tensor | None, deltas: list, on_write, embed: torch.Tensor | None):
+    def _hooks(self, coef: torch.Tensor | None, deltas: Deltas, on_write, embed: torch.Tensor | None):
         """Hooks for one forward. ``coef`` [writers, readers] (None: readers read the plain residual stream);
-        ``deltas`` holds one ``[n, B, T, d]`` tensor per writer chunk, appended by ``on_write(chunk, outputs)`` as
-        the forward reaches each writer unless given in full up front; ``embed`` replaces the embeddings."""
+        ``deltas`` gets each writer chunk's δ from ``on_write(chunk, outputs)`` as the forward reaches it, unless it
+        was given in full up front; ``embed`` replaces the embeddings."""
         sites, H, G, dh = self.lm.sites, self.H, self.G, self.dh
         handles, ln_in, chunk = [], {}, [0]
 
         def mixed(x: torch.Tensor, cols: slice) -> torch.Tensor:
             """``x + Σ_u coef[u, cols] · δ_u`` over the writers before these readers: ``[readers, B, T, d]``."""
-            n_up, out, row = int(self.reads[cols.start]), x.unsqueeze(0).expand(cols.stop - cols.start, *x.shape), 0
-            for delta in deltas:
-                if row >= n_up:
-                    break
-                out = out + torch.einsum("ubtd,uk->kbtd", delta, coef[row: row + len(delta), cols].to(delta.dtype))
-                row += len(delta)
-            return out
+            n_up = int(self.reads[cols.start])
+            c = coef[:n_up, cols].to(x.dtype)
+            return x + (c.t() @ deltas.rows(n_up)).view(cols.stop - cols.start, *x.shape)
 
         def write(outputs: torch.Tensor) -> None:
             on_write(chunk[0], outputs)
@@ -193,7 +212,7 @@ class EdgePatcher:
     def capture(self, ids: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
         """Every writer's output on one unpatched forward, one ``[n, B, T, d]`` tensor per chunk."""
         outs: list[torch.Tensor] = []
-        with self._hooks(None, [], lambda j, a: outs.append(a.detach().clone()), None):
+        with self._hooks(None, Deltas(), lambda j, a: outs.append(a.detach().clone()), None):
             final_logits(self.lm, ids, mask)
         return outs
 
@@ -216,26 +235,27 @@ class EdgePatcher:
         dtype = next(self.lm.model.parameters()).dtype
         return [torch.zeros(n, 1, 1, self.d, dtype=dtype) for n in self._chunks()]
 
-    def directions(self, refs: list[torch.Tensor], clean: list[torch.Tensor]) -> list[torch.Tensor]:
-        """δ = reference − clean output per writer chunk: the fixed direction attribution differentiates along."""
-        return [r - c for r, c in zip(refs, clean)]
+    def directions(self, refs: list[torch.Tensor], clean: list[torch.Tensor]) -> torch.Tensor:
+        """δ = reference − clean output of every writer, ``[writers, B·T·d]``: the fixed direction attribution
+        differentiates along."""
+        return torch.cat([(r - c).reshape(len(c), -1) for r, c in zip(refs, clean)])
 
     def forward(self, batch: Batch, keep: torch.Tensor | None = None, refs: list | None = None,
-                direction: list | None = None, coef: torch.Tensor | None = None,
+                direction: torch.Tensor | None = None, coef: torch.Tensor | None = None,
                 embed: torch.Tensor | None = None) -> torch.Tensor:
         """Per-prompt metric with edges patched: ``keep`` [edges] (1 = live output) against ``refs``, or the
-        attribution form with fixed ``direction`` chunks and ``coef`` [edges]. ``embed`` replaces the embeddings."""
+        attribution form with a fixed ``direction`` (:meth:`directions`) and ``coef`` [edges]. ``embed`` replaces the embeddings."""
         if keep is not None and keep.shape != (self.n_nodes,):
             raise UserError(f"a mask over {keep.shape[0]} edges does not fit this model's {self.n_nodes} edges; "
                             "build the mask for this model")
         if direction is not None:
-            deltas, c = list(direction), self.matrix(coef)
+            deltas, c = Deltas(direction), self.matrix(coef)
             on_write = lambda j, a: None  # noqa: E731  (the directions are fixed)
         elif keep is not None:
-            deltas, c = [], self.matrix(1 - keep)
-            on_write = lambda j, a: deltas.append(refs[j] - a)  # noqa: E731
+            deltas, c = Deltas(grad=keep.requires_grad and torch.is_grad_enabled()), self.matrix(1 - keep)
+            on_write = lambda j, a: deltas.add(refs[j] - a, len(self.up))  # noqa: E731
         else:
-            deltas, c, on_write = [], None, lambda j, a: None  # noqa: E731
+            deltas, c, on_write = Deltas(), None, lambda j, a: None  # noqa: E731
         with self._hooks(c, deltas, on_write, embed):
             logits = final_logits(self.lm, batch.clean, batch.mask, batch.last)
         return logit_diff(logits, batch)
