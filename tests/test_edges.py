@@ -206,3 +206,20 @@ def test_discovery_over_edges_finds_the_planted_path(tmp_path, monkeypatch):
 def test_edge_patching_refuses_fused_qkv_models():
     with pytest.raises(UserError, match="separate q/k/v"):
         EdgePatcher(tiny_model("gpt2"))
+
+
+def test_circuit_graph_draws_every_circuit_edge_once():
+    from sparsescope.show.circuits import circuit_graph
+
+    edges = pd.DataFrame(dict(up=["embed", "L0H1", "L0.mlp", "L0H0", "L1H2"],
+                              down=["L0KV1.k", "L1H2.q", "logits", "L0.mlp", "logits"],
+                              up_layer=[-1, 0, 0, 0, 1], down_layer=[0, 1, 2, 0, 2],
+                              score=[-0.5, 0.2, -0.05, 0.0, -1.0], in_circuit=[True, True, True, False, True],
+                              task="t", method="eap_ig", variant="dense"))
+    fig = circuit_graph(edges, "t", "eap_ig")
+    lines = [t for t in fig.data if t.mode == "lines"]
+    assert sum(list(t.x).count(None) for t in lines) == 4  # one None-terminated segment per circuit edge
+    nodes = next(t for t in fig.data if t.mode == "markers+text")
+    assert set(nodes.text) == {"embed", "L0KV1", "L0H1", "L1H2", "L0.mlp", "logits"}
+    top = [t for t in circuit_graph(edges, "t", "eap_ig", top=2).data if t.mode == "lines"]
+    assert sum(list(t.x).count(None) for t in top) == 2 and {t.line.color for t in top} == {"royalblue"}
