@@ -461,26 +461,31 @@ def circuits_discover(store: RunStore, model: str, tasks: str, cfg, save: Path |
     return run, tables, time.perf_counter() - start
 
 
-def circuits_compare(store: RunStore, model: str, tasks: str, cfg, prune: str = "magnitude",
-                     sparsity: float | None = None, neurons: bool = True, load: Callable = load_model,
-                     progress: Progress = _quiet):
-    """A circuits run comparing tasks' circuits (overlap), circuit neurons' firing, and dense vs pruned circuits
-    (``sparsity`` defaults to the newest weights run's knee). Returns ``(run, tables, seconds)``."""
-    from sparsescope.circuits.patch import Patcher
-    from sparsescope.circuits.study import compare_pruned, knee_sparsity, work
+def circuits_compare(store: RunStore, model: str, tasks: str, cfg, prune: str = "magnitude,wanda",
+                     sparsity: str | None = None, neurons: bool = True, clusters: int = 8,
+                     load: Callable = load_model, progress: Progress = _quiet):
+    """A circuits run comparing tasks' circuits (overlap), circuit neurons' firing and co-activation clusters, and
+    dense vs pruned circuits for every method of ``prune`` (``sparsity``: one value per method, default each method's
+    knee from the newest weights run). Returns ``(run, tables, seconds)``."""
+    from sparsescope.circuits.study import compare_pruned, knee_sparsity, make_patcher, work
 
     names = _task_names(tasks)
     if len(names) < 2:
         raise UserError("compare needs at least two tasks to measure overlap; pass e.g. --tasks ioi,induction")
+    methods = split_list(prune) or []
+    values = parse_floats(sparsity, "--sparsity") if sparsity else [knee_sparsity(store, m) for m in methods]
+    if len(values) != len(methods):
+        raise UserError(f"--sparsity gives {len(values)} values for {len(methods)} prune methods ({prune}); give one "
+                        "per method, e.g. --prune magnitude,wanda --sparsity 0.147,0.156")
     store.check_writable()
-    sparsity = knee_sparsity(store, prune) if sparsity is None else sparsity
     start = time.perf_counter()
     lm = load(model)
-    total = len(names) * (2 * work(cfg, Patcher(lm, "heads", "zero").n_nodes)
-                          + (work(cfg, Patcher(lm, "neurons", "zero").n_nodes) if neurons else 0))
-    tables = compare_pruned(lm, names, cfg, prune, sparsity, lambda k: progress(k, total), neurons)
-    config = {"command": "compare", "model": model, "tasks": names, "prune": prune, "sparsity": sparsity,
-              "neurons": neurons, "discover": asdict(cfg)}
+    total = len(names) * ((1 + len(methods)) * work(cfg, make_patcher(lm, "heads", "zero").n_nodes)
+                          + (work(cfg, make_patcher(lm, "neurons", "zero").n_nodes) if neurons else 0))
+    prunes = dict(zip(methods, values))
+    tables = compare_pruned(lm, names, cfg, prunes, lambda k: progress(k, total), neurons, clusters)
+    config = {"command": "compare", "model": model, "tasks": names, "prune": prunes, "neurons": neurons,
+              "clusters": clusters, "discover": asdict(cfg)}
     run = _circuits_run(store, lm, config, tables, start)
     return run, tables, time.perf_counter() - start
 

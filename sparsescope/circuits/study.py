@@ -134,6 +134,7 @@ def discover(lm: LoadedModel, task: str, cfg: DiscoverConfig, progress: Progress
         effects.append(_node_frame(patcher, shown, method=method, seconds=seconds, **tag))
         fit = scores.Curve(patcher, p_train, ranking, e_train, progress)
         k = fit.smallest(cfg.sizes)
+        k_fine = fit.smallest_k(cfg.sizes)
         held = scores.faithfulness_curve(patcher, p_test, ranking, e_test, cfg.sizes, progress)
         curves.append(held.assign(method=method, split="test", seed=-1, **tag))
         keep = scores.top_k(ranking, k)
@@ -142,6 +143,7 @@ def discover(lm: LoadedModel, task: str, cfg: DiscoverConfig, progress: Progress
                                sufficiency=e_test.f(patcher.metric(p_test, keep)),
                                necessity=scores.necessity(patcher, p_test, keep, e_test),
                                n_components=k, circuit_frac=k / patcher.n_nodes, n_nodes=patcher.n_nodes,
+                               n_at_target=k_fine, target=scores.TARGET,
                                seconds=seconds, m_full=e_test.full, m_empty=e_test.empty, **tag))
         chosen = keep.bool().numpy()
         effects[-1]["in_circuit"] = chosen
@@ -215,7 +217,7 @@ def firing(lm: LoadedModel, circuit: pd.DataFrame, task_pairs: dict[str, list[Pa
     for (task, method, variant), c in circuit[circuit["kind"] == "neuron"].groupby(["task", "method", "variant"]):
         prompts = [Prompt(f"{task}{i}", p.text, task, "circuits") for i, p in enumerate(task_pairs[task])]
         suite = Suite(task, "circuits", prompts, source="sparsescope.circuits", license="generated")
-        run = Recorder(lm, RecordConfig(sites=["mlp.hook_post"], logits=False)).run([suite])
+        run = Recorder(lm, RecordConfig(sites=["mlp.hook_post"], logits=False, window=0)).run([suite])  # every token
         freq = run.neurons[run.neurons["metric"] == "fire_freq"][["layer", "index", "value"]]
         chosen = set(zip(c["layer"], c["index"]))
         member = np.array([(int(r.layer), int(r.index)) in chosen for r in freq.itertuples()])
@@ -324,30 +326,56 @@ def knee_sparsity(store, method: str) -> float:
                     f"--sensitivity --methods {method}` first or pass --sparsity")
 
 
-def compare_pruned(lm: LoadedModel, tasks: list[str], cfg: DiscoverConfig, prune: str, sparsity: float,
-                   progress: Progress | None = None, neurons: bool = True) -> dict[str, pd.DataFrame]:
-    """Circuits of the dense model and of the model pruned to ``sparsity`` by ``prune`` (magnitude or wanda, every
-    linear), their overlap across tasks, and — with ``neurons`` — the firing frequency of neuron-level circuits."""
+def pruned_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Each pruned variant's circuits beside the dense model's, per task and method: circuit size at the target
+    faithfulness (``n_at_target``, and its ratio to dense) and held-out CPR/CMD (and their change)."""
+    cols = ["task", "method", "variant", "n_nodes", "n_at_target", "cpr", "cmd", "random_cpr", "sufficiency"]
+    heads = table[table["level"] != "neurons"][cols]
+    dense = heads[heads["variant"] == "dense"].set_index(["task", "method"])
+    rows = []
+    for r in heads[heads["variant"] != "dense"].itertuples():
+        if (r.task, r.method) in dense.index:
+            d = dense.loc[(r.task, r.method)]
+            rows.append(dict(task=r.task, method=r.method, variant=r.variant, n_nodes=r.n_nodes,
+                             n_at_target_dense=int(d["n_at_target"]), n_at_target=r.n_at_target,
+                             size_ratio=r.n_at_target / d["n_at_target"], cpr_dense=d["cpr"], cpr=r.cpr,
+                             cpr_change=r.cpr - d["cpr"], cmd_dense=d["cmd"], cmd=r.cmd, random_cpr=r.random_cpr))
+    return pd.DataFrame(rows)
+
+
+def compare_pruned(lm: LoadedModel, tasks: list[str], cfg: DiscoverConfig, prunes: dict[str, float],
+                   progress: Progress | None = None, neurons: bool = True, n_clusters: int = 8
+                   ) -> dict[str, pd.DataFrame]:
+    """Circuits of the dense model and of the model pruned by each ``{method: sparsity}`` of ``prunes`` (magnitude
+    or wanda, every linear), their overlap across tasks, dense vs pruned circuit size and CPR (``pruned``), and —
+    with ``neurons`` — the firing frequency of neuron-level circuits and their co-activation clusters."""
     from dataclasses import replace
 
+    from sparsescope.circuits.clusters import coactivation
     from sparsescope.intervene import Plan, Rule, apply
     from sparsescope.probes import load_text
     from sparsescope.record.calibration import calibrate
 
-    if prune not in ("magnitude", "wanda"):
-        raise UserError(f"unknown prune method {prune!r}; choose magnitude or wanda")
+    for prune in prunes:
+        if prune not in ("magnitude", "wanda"):
+            raise UserError(f"unknown prune method {prune!r}; choose magnitude or wanda")
     parts = [run_discovery(lm, tasks, cfg, progress, "dense")]
-    calib = calibrate(lm, load_text("calibration")) if prune == "wanda" else None
-    with apply(lm, Plan([Rule("prune", {"method": prune, "sparsity": sparsity})], f"{prune}@{sparsity:g}"), calib):
-        parts.append(run_discovery(lm, tasks, cfg, progress, f"{prune}@{sparsity:.2f}"))
+    calib = calibrate(lm, load_text("calibration")) if "wanda" in prunes else None
+    for prune, sparsity in prunes.items():
+        with apply(lm, Plan([Rule("prune", {"method": prune, "sparsity": sparsity})], f"{prune}@{sparsity:g}"), calib):
+            parts.append(run_discovery(lm, tasks, cfg, progress, f"{prune}@{sparsity:.3f}"))
     tables = {name: pd.concat([p[name] for p in parts if name in p], ignore_index=True)
               for name in dict.fromkeys(n for p in parts for n in p)}
     tables["overlap"] = overlap(tables["circuit"])
+    if prunes:
+        tables["pruned"] = pruned_summary(tables["scores"])
     if neurons:
         ncfg = replace(cfg, level="neurons", methods=tuple(m for m in cfg.methods if m != "exact"), validate=0)
         found = run_discovery(lm, tasks, ncfg, progress, "dense")
-        pairs = {t: sum((split_data(lm, t, cfg)[i].pairs for i in (0, 1)), []) for t in tasks}
-        tables["firing"] = firing(lm, found["circuit"], pairs)
+        splits = {t: split_data(lm, t, cfg) for t in tasks}
+        tables["firing"] = firing(lm, found["circuit"], {t: splits[t][0].pairs + splits[t][1].pairs for t in tasks})
+        tables["clusters"], tables["cluster_scores"] = coactivation(
+            lm, found["circuit"], [d for t in tasks for d in splits[t]], n_clusters, cfg.seed)
         for name in ("scores", "faithfulness", "circuit"):
             tables[name] = pd.concat([tables[name], found[name]], ignore_index=True)
     return tables

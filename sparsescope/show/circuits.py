@@ -9,6 +9,7 @@ import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
 
+from sparsescope.circuits.scores import TARGET
 from sparsescope.circuits.study import component_name
 from sparsescope.show.page import html_page
 from sparsescope.show.terminal import frame_table
@@ -110,7 +111,7 @@ def circuits_page(manifest: dict, tables: dict[str, pd.DataFrame]) -> str:
     if "effects" in tables:
         methods = list(tables["effects"]["method"].unique())
         parts.append(effect_heatmap(tables["effects"], "eap_ig" if "eap_ig" in methods else methods[0]))
-    for name in ("tasks", "scores", "validation", "overlap", "firing"):
+    for name in ("tasks", "scores", "validation", "pruned", "overlap", "firing", "cluster_scores", "clusters"):
         if name in tables:
             parts += [name, tables[name]]
     facts = {"model": manifest.get("model"), "revision": manifest.get("model_revision"),
@@ -121,7 +122,7 @@ def circuits_page(manifest: dict, tables: dict[str, pd.DataFrame]) -> str:
 def score_tables(tables: dict[str, pd.DataFrame]) -> list:
     """Terminal tables of a discovery or compare run: held-out scores, attribution vs exact, overlap, firing."""
     cols = ["task", "variant", "level", "method", "cpr", "cmd", "random_cpr", "random_cmd", "necessity",
-            "sufficiency", "n_components", "seconds"]
+            "sufficiency", "n_components", "n_at_target", "seconds"]
     out = [frame_table(tables["scores"][cols].set_index(["task", "method"]),
                        "held-out scores (MIB; random: mean of seeds)")]
     if "validation" in tables:
@@ -129,6 +130,12 @@ def score_tables(tables: dict[str, pd.DataFrame]) -> list:
     if "overlap" in tables:
         overall = tables["overlap"][tables["overlap"]["layer"] == -1].drop(columns=["layer"])
         out.append(frame_table(overall.set_index(["task_a", "task_b"]), "circuit overlap (Jaccard, all layers)"))
+    if "pruned" in tables and len(tables["pruned"]):
+        out.append(frame_table(tables["pruned"].set_index(["task", "method", "variant"]),
+                               f"pruned vs dense: circuit size at faithfulness {TARGET:g} (train) and held-out CPR"))
+    if "cluster_scores" in tables:
+        out.append(frame_table(tables["cluster_scores"].set_index(["method", "variant"]),
+                               "co-activation clusters vs circuit membership (ARI; null: shuffled membership)"))
     if "firing" in tables and len(tables["firing"]):
         out.append(frame_table(tables["firing"].set_index(["task", "group"]),
                                "firing frequency: circuit neurons vs the rest"))
