@@ -223,3 +223,22 @@ def test_circuit_graph_draws_every_circuit_edge_once():
     assert set(nodes.text) == {"embed", "L0KV1", "L0H1", "L1H2", "L0.mlp", "logits"}
     top = [t for t in circuit_graph(edges, "t", "eap_ig", top=2).data if t.mode == "lines"]
     assert sum(list(t.x).count(None) for t in top) == 2 and {t.line.color for t in top} == {"royalblue"}
+
+
+def test_a_learned_edge_mask_gets_gradients_through_live_outputs(lm):
+    """With keep requiring gradients the δ rows are concatenated, not written in place: same metric, and the
+    gradient of an edge's keep matches a finite difference."""
+    data = char_task(lm, n=2)
+    patcher = EdgePatcher(lm)
+    prepared = patcher.prepare(data)
+    keep = torch.full((patcher.n_nodes,), 0.7, dtype=torch.float64, requires_grad=True)
+    with torch.enable_grad():
+        m = sum(patcher.forward(b, keep, refs).sum() for b, refs in prepared)
+        (grad,) = torch.autograd.grad(m, keep)
+    assert float(m) == pytest.approx(patcher.metric(prepared, keep.detach()) * 2, rel=1e-10)
+    i, eps = 40, 1e-2  # not smaller: RMSNorm computes in float32 even in a float64 model
+    up, down = keep.detach().clone(), keep.detach().clone()
+    up[i] += eps
+    down[i] -= eps
+    assert float(grad[i]) == pytest.approx((patcher.metric(prepared, up) - patcher.metric(prepared, down)) * 2
+                                           / (2 * eps), rel=1e-3)
