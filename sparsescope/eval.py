@@ -55,7 +55,7 @@ class Evaluator:
         total = 0.0
         for i, lp in enumerate(logps):
             target = self.chunks[i * self.batch_size: (i + 1) * self.batch_size, 1:]
-            total += float(-lp.gather(-1, target[..., None]).sum(dtype=torch.float64))
+            total += float(-lp.gather(-1, target[..., None].to(lp.device)).sum(dtype=torch.float64))
         return total / self.n_tokens
 
     def reference(self) -> None:

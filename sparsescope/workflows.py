@@ -8,6 +8,7 @@ line a caller may show before the long part, ``progress(n, total, note)`` is cal
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -30,7 +31,23 @@ def _quiet(*args, **kwargs) -> None:
 
 def _manifest(kind: str, lm, **extra) -> dict:
     return {"kind": kind, "model": lm.name, "model_revision": lm.revision, "weights_note": lm.weights_note,
-            "package_version": __version__, **extra}
+            "placement": lm.placement, "package_version": __version__, **extra}
+
+
+def parse_device_map(value: str | None) -> str | dict | None:
+    """``--device-map``: ``auto``/``balanced``/``sequential`` (accelerate), or a JSON object of module → device
+    (``{"model.layers.0": 0, "lm_head": "cpu", "model.layers.9": "disk"}``)."""
+    if not value:
+        return None
+    if value in ("auto", "balanced", "balanced_low_0", "sequential"):
+        return value
+    try:
+        table = json.loads(value)
+    except json.JSONDecodeError:
+        table = None
+    if not isinstance(table, dict):
+        raise UserError(f"bad --device-map {value!r}; pass auto, or JSON like '{{\"model.layers.0\": 0}}'")
+    return table
 
 
 def _finish(store: RunStore, manifest: dict, tables: dict[str, pd.DataFrame]) -> RunDir:
@@ -54,6 +71,12 @@ class ScanOptions:
     batch_size: int = 8  # prompts per forward pass
     max_tokens: int = 256  # prompts are truncated to this many tokens
     window: int = 32  # matched tokens per prompt (after position 0 and a shared prefix); 0 = unmatched whole prompts
+    token_budget: int | None = None  # at most this many padded tokens per forward pass (prompts sorted by length)
+    device: str = "cpu"  # cpu, cuda, cuda:N or auto
+    dtype: str = "float32"  # weights' dtype: float32, bfloat16 or float16 (statistics are float64 regardless)
+    device_map: str | None = None  # accelerate device map: "auto" or JSON {module: device | "cpu" | "disk"}
+    backend: str = "hooks"  # hooks (torch hooks) or nnsight (statistics reduced inside an nnsight trace)
+    remote: bool = False  # with nnsight: trace on NDIF (needs NDIF_API_KEY); only reduced statistics come back
 
 
 def split_list(value: str | None) -> list[str] | None:
@@ -77,7 +100,10 @@ def parse_floats(value: str, option: str) -> list[float]:
 # A scan manifest's `config`: the ScanOptions it was started with (suites as a list), checked before a resume.
 _SCAN_CONFIG = {"model": str, "suites": list, "sites": (str, type(None)), "layers": (str, type(None)),
                 "metrics": (str, type(None)), "ladders": (str, type(None)), "seed": int, "batch_size": int,
-                "max_tokens": int, "window": int}
+                "max_tokens": int, "window": int, "token_budget": (int, type(None)), "device": str, "dtype": str,
+                "device_map": (str, type(None)), "backend": str, "remote": bool}
+_SCAN_DEFAULTS = {"seed": 0, "ladders": None, "window": 0, "token_budget": None, "device": "cpu", "dtype": "float32",
+                  "device_map": None, "backend": "hooks", "remote": False}  # what older runs, which lack them, used
 
 
 def _resumed(store: RunStore, resume: str, given: ScanOptions) -> tuple[RunDir, ScanOptions]:
@@ -92,7 +118,7 @@ def _resumed(store: RunStore, resume: str, given: ScanOptions) -> tuple[RunDir, 
         raise UserError(f"run {run.run_id} is a {run.kind} run; only scans resume (run the {run.kind} again)")
     if run.status == "complete":
         raise UserError(f"run {run.run_id} is already complete; `sparsescope report {run.run_id}` shows it")
-    cfg = {"seed": 0, "ladders": None, "window": 0} | (run.manifest.get("config") or {})  # older runs lack them
+    cfg = _SCAN_DEFAULTS | (run.manifest.get("config") or {})
     bad = [k for k, t in _SCAN_CONFIG.items() if not isinstance(cfg.get(k), t)]
     if bad or not all(isinstance(s, str) for s in cfg["suites"]):
         raise UserError(f"run {run.run_id} has no readable manifest to resume from ('{(bad or ['suites'])[0]}' of "
@@ -147,12 +173,23 @@ def _scan(store: RunStore, opts: ScanOptions, resume: str | None, load: Callable
     if unknown:
         raise UserError(f"unknown ladder {unknown[0]!r}; choose from {','.join(CORRUPTIONS)}")
     config = RecordConfig(sites=split_list(opts.sites), layers=parse_layers(opts.layers), metrics=opts.metrics,
-                          batch_size=opts.batch_size, max_tokens=opts.max_tokens, window=opts.window)
-    lm = load(opts.model)
+                          batch_size=opts.batch_size, max_tokens=opts.max_tokens, window=opts.window,
+                          token_budget=opts.token_budget, backend=opts.backend, remote=opts.remote)
+    if opts.remote:
+        from sparsescope.record.traced import remote_model
+
+        if opts.device_map or opts.device != "cpu" or opts.dtype != "float32":
+            raise UserError("--remote runs on NDIF's GPUs in NDIF's dtype; drop --device, --dtype and --device-map")
+        lm = remote_model(opts.model)
+    else:
+        lm = load(opts.model, device=opts.device, dtype=opts.dtype, device_map=parse_device_map(opts.device_map))
     recorder = Recorder(lm, config)  # validates sites/layers/metrics before anything is written
     suite_objs = unique_suites(load_suites(names + [f"ladder:{c}" for c in corruptions], tokenizer=lm.tokenizer,
                                            seed=opts.seed))
     planned = {part_key(s): recorder.planned_tokens([s]) for s in suite_objs}  # checks every prompt and window
+    if opts.remote and any(p.answer for s in suite_objs for p in s.prompts):
+        raise UserError("difficulty suites score the model's greedy answers, which --remote does not run; drop the "
+                        "difficulty: suites or scan without --remote")
     if run is None:  # created only now: a refused input leaves no run behind
         prose = load_suites(["prose"], tokenizer=lm.tokenizer, seed=opts.seed)[0] if corruptions else None
         ladders = {c: ladder_spec(prose, c, seed=opts.seed, tokenizer=lm.tokenizer) for c in corruptions}
@@ -164,8 +201,9 @@ def _scan(store: RunStore, opts: ScanOptions, resume: str | None, load: Callable
     todo = [s for s in suite_objs if part_key(s) not in done]
     total = sum(planned[part_key(s)] for s in todo)
     view = f"matched {config.window}-token windows" if config.window else "UNMATCHED whole prompts"
+    where = f"{opts.backend}{', remote on NDIF' if opts.remote else ''}, {lm.placement.get('device', 'cpu')}"
     announce(f"run [bold]{run.run_id}[/]: {len(recorder.targets)} sites × {len(recorder.metrics)} metrics, "
-             f"{len(todo)} suites to record ({len(done)} already done), {total} tokens, {view}")
+             f"{len(todo)} suites to record ({len(done)} already done), {total} tokens, {view} ({where})")
     start = time.perf_counter()
     recorder.run(todo, run_id=run.run_id, progress=lambda n: progress(n, total),
                  on_suite=lambda key, part: run.write_part(
@@ -174,8 +212,10 @@ def _scan(store: RunStore, opts: ScanOptions, resume: str | None, load: Callable
     if tasks and ANSWERS not in done:  # difficulty ladders: the model's own accuracy per level
         run.write_part(ANSWERS, {ANSWERS: answer_accuracy(lm, tasks)})
     seconds = time.perf_counter() - start  # this session's recording (a resumed run times only what it recorded)
+    padded = recorder.padded_tokens  # forward-pass tokens including right padding
     run.manifest["throughput"] = {"tokens": total, "seconds": round(seconds, 3),
-                                  "tokens_per_s": round(total / max(seconds, 1e-9), 1)}
+                                  "tokens_per_s": round(total / max(seconds, 1e-9), 1),
+                                  "padded_tokens": padded, "padding_frac": round(1 - total / max(padded, 1), 4)}
     run.finalize()
     return run
 
@@ -245,7 +285,8 @@ def report(run: RunDir, metric: str | None = None, html: bool = True) -> Report:
 # -- spike -----------------------------------------------------------------------------------------------------
 def spike(store: RunStore, model: str, plan: Path | None = None, layers: str | None = None, sites: str | None = None,
           eval_tokens: int = 1024, text: str = "heldout", per_layer: bool = False, sweep: str | None = None,
-          energy: str = "fp32", load: Callable = load_model, progress: Progress = _quiet, **params):
+          energy: str = "fp32", device: str = "cpu", dtype: str = "float32", load: Callable = load_model,
+          progress: Progress = _quiet, **params):
     """A spiking-conversion study run (kind `spike`); ``params`` are the spike lever's (k, coding, neuron, T, ...),
     None meaning its default. Returns ``(run, StudyResult)``."""
     from sparsescope.probes import load_text
@@ -263,12 +304,13 @@ def spike(store: RunStore, model: str, plan: Path | None = None, layers: str | N
         with_param(the_plan, config.sweep[0], value)
     store.check_writable()
     texts = load_text(text)
-    lm = load(model)
+    lm = load(model, device=device, dtype=dtype)
     total = n_evaluations(plan_layers(lm, the_plan), config)
     result = run_study(lm, the_plan, texts, config, progress=lambda label: progress(1, total, f"done: {label}"))
     manifest = _manifest("spike", lm, timings=result.timings,
                          config={"model": model, "plan": the_plan.to_dict(), "eval_tokens": eval_tokens, "text": text,
-                                 "per_layer": per_layer, "sweep": sweep, "energy": energy})
+                                 "per_layer": per_layer, "sweep": sweep, "energy": energy,
+                                 "device": device, "dtype": dtype})
     return _finish(store, manifest, result.tables), result
 
 
@@ -277,7 +319,8 @@ def weights(store: RunStore, model: str, metric: str = "near_zero_frac@0.1", sen
             per_layer: bool = False, methods: str = "magnitude,wanda,random",
             sparsities: str = "0.05,0.1,0.2,0.3,0.4,0.5,0.6,0.7", nm: str = "2:4", layers: str | None = None,
             tolerance: float = 0.01, eval_tokens: int = 1024, text: str = "heldout",
-            calibration: str = "calibration", load: Callable = load_model, progress: Progress = _quiet):
+            calibration: str = "calibration", device: str = "cpu", dtype: str = "float32",
+            load: Callable = load_model, progress: Progress = _quiet):
     """A weights run (kind `weights`): statistics per layer × weight site and, with ``sensitivity``, pruning curves
     and essential-sparsity knees; writes `weights.html`. Returns ``(run, tables, dense_ppl, n_tokens, seconds)``."""
     from sparsescope.eval import Evaluator
@@ -297,7 +340,7 @@ def weights(store: RunStore, model: str, metric: str = "near_zero_frac@0.1", sen
     store.check_writable()
     texts = (load_text(text), load_text(calibration)) if sensitivity else None
     start = time.perf_counter()
-    lm = load(model)
+    lm = load(model, device=device, dtype=dtype)
     tables = {"weights": stats_table(lm)}
     dense_ppl, n_tokens = float("nan"), 0
     if sensitivity:
@@ -312,7 +355,8 @@ def weights(store: RunStore, model: str, metric: str = "near_zero_frac@0.1", sen
                          config={"model": model, "metric": metric, "sensitivity": sensitivity,
                                  "methods": list(cfg.methods), "sparsities": list(cfg.sparsities), "nm": cfg.nm,
                                  "per_layer": per_layer, "layers": layers, "tolerance": tolerance,
-                                 "eval_tokens": eval_tokens, "text": text, "calibration": calibration})
+                                 "eval_tokens": eval_tokens, "text": text, "calibration": calibration,
+                                 "device": device, "dtype": dtype})
     run = _finish(store, manifest, tables)
     run.write_file("weights.html", weights_page(run.manifest, tables, metric, tolerance))
     return run, tables, dense_ppl, n_tokens, seconds
@@ -321,8 +365,8 @@ def weights(store: RunStore, model: str, metric: str = "near_zero_frac@0.1", sen
 # -- compare ---------------------------------------------------------------------------------------------------
 def compare(store: RunStore, model: str, eval_tokens: int = 1024, seq_len: int = 256, group_size: int = 64,
             teal: str = "0.25,0.5,0.7", spike_k: str = "2,3,4", coding: str = "bitwise", compositions: bool = True,
-            text: str = "heldout", calibration: str = "calibration", load: Callable = load_model,
-            progress: Progress = _quiet):
+            text: str = "heldout", calibration: str = "calibration", device: str = "cpu", dtype: str = "float32",
+            load: Callable = load_model, progress: Progress = _quiet):
     """A head-to-head run (kind `compare`): every configuration against one dense reference; writes `compare.html`.
     Returns ``(run, table, seconds)``."""
     from sparsescope.harvest import compare as cmp
@@ -338,7 +382,7 @@ def compare(store: RunStore, model: str, eval_tokens: int = 1024, seq_len: int =
     store.check_writable()
     texts = load_text(text), load_text(calibration)
     start = time.perf_counter()
-    lm = load(model)
+    lm = load(model, device=device, dtype=dtype)
     cmp.check(lm, cfg)
     table = cmp.compare(lm, texts[0], texts[1], cfg, lambda label: progress(1, cmp.n_steps(cfg), label))
     seconds = time.perf_counter() - start
@@ -346,7 +390,7 @@ def compare(store: RunStore, model: str, eval_tokens: int = 1024, seq_len: int =
                          config={"model": model, "eval_tokens": eval_tokens, "seq_len": seq_len,
                                  "group_size": group_size, "teal": list(cfg.teal), "spike_k": list(cfg.spike_k),
                                  "coding": coding, "compositions": compositions, "text": text,
-                                 "calibration": calibration})
+                                 "calibration": calibration, "device": device, "dtype": dtype})
     run = _finish(store, manifest, {"compare": table})
     run.write_file("compare.html", compare_page(run.manifest, table))
     return run, table, seconds

@@ -240,3 +240,34 @@ def test_torch_path_stays_on_cuda_and_matches_cpu():
     assert got.device.type == "cuda" and fire.device.type == "cuda"
     want = S.site_values(x, owner, SPEC, use_kernel=False)
     assert_same(got.cpu(), want)
+
+
+def numpy_logit_values(logits: np.ndarray, targets: np.ndarray, want: np.ndarray) -> np.ndarray:
+    """Next-token NLL and max-softmax per row in float64 numpy (the independent reference)."""
+    x = logits.astype(np.float64)
+    mx = x.max(-1)
+    lse = mx + np.log(np.exp(x - mx[..., None]).sum(-1))
+    nll = lse - np.take_along_axis(x, targets[..., None], -1)[..., 0]
+    ok = want & np.isfinite(x).all(-1)
+    out = np.stack([nll, np.exp(mx - lse), np.ones_like(nll)], -1)
+    return np.where(ok[..., None], np.nan_to_num(out), 0.0)
+
+
+@pytest.mark.parametrize("use", [True, False])
+@pytest.mark.parametrize("vocab", [1, 37, 4099])
+def test_logit_values_match_numpy(use, vocab):
+    if use and S.kernel() is None:
+        pytest.skip("no kernel")
+    gen = torch.Generator().manual_seed(vocab)
+    big = torch.randn(3, 9, vocab + 3, generator=gen) * 6  # a strided view: rows not contiguous in memory
+    logits = big[:, :, 2:-1]
+    targets = torch.randint(vocab, (3, 9), generator=gen)
+    want = torch.rand(3, 9, generator=gen) > 0.25
+    logits[0, 1, 0] = float("nan")
+    logits[1, 2, -1] = float("inf")
+    logits[2, 3, 0] = -float("inf")
+    want[0, 1] = want[1, 2] = want[2, 3] = True
+    got = S.logit_values(logits, targets, want, use_kernel=use).numpy()
+    ref = numpy_logit_values(logits.numpy(), targets.numpy(), want.numpy())
+    np.testing.assert_allclose(got, ref, rtol=2e-5, atol=2e-5)
+    assert got[0, 1].tolist() == [0, 0, 0] and got[1, 2].tolist() == [0, 0, 0] and got[2, 3].tolist() == [0, 0, 0]

@@ -49,6 +49,8 @@ out = Console()
 
 RUNS_DIR = typer.Option(None, "--runs-dir", envvar="SPARSESCOPE_RUNS", help="Run store root (default ./runs).")
 MODEL = typer.Option("smollm2-135m", "--model", "-m", help="Embedded name, local HF directory or hub id.")
+DEVICE = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto (a GPU when one is visible).")
+DTYPE = typer.Option("float32", "--dtype", help="Weights: float32, bfloat16 or float16 (statistics stay float64).")
 
 
 def friendly(fn):
@@ -168,11 +170,12 @@ class Bar:
         self.progress.stop()
 
 
-def load(spec: str):
+def load(spec: str, **placement):
+    """``load_model`` behind a spinner; ``placement`` = device, dtype, device_map."""
     from sparsescope.models import load_model
 
     with console.status(f"loading {escape(spec)}"):
-        return load_model(spec, progress=lambda m: console.print(m))
+        return load_model(spec, progress=lambda m: console.print(m), **placement)
 
 
 def note(weights_note: str) -> None:

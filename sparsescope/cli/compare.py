@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from sparsescope.cli._common import RUNS_DIR, MODEL, Bar, app, friendly, load, note, out, show
+from sparsescope.cli._common import DEVICE, DTYPE, RUNS_DIR, MODEL, Bar, app, friendly, load, note, out, show
 
 
 @app.command()
@@ -23,6 +23,8 @@ def compare(
     compositions: bool = typer.Option(True, help="Also int8 weights + spiking and int4 + TEAL."),
     text: str = typer.Option("heldout", help="Evaluation text: 'heldout' or a UTF-8 file."),
     calibration: str = typer.Option("calibration", help="Calibration text for TEAL thresholds."),
+    device: str = DEVICE,
+    dtype: str = DTYPE,
     runs_dir: Optional[Path] = RUNS_DIR,
 ):
     """Head-to-head on one footing: dense, weight quantization, TEAL, spiking and compositions — quality vs energy."""
@@ -32,8 +34,8 @@ def compare(
 
     with Bar("compare", "evaluations") as bar:
         run, table, seconds = workflows.compare(RunStore(runs_dir), model, eval_tokens, seq_len, group_size, teal,
-                                                spike_k, coding, compositions, text, calibration, load=load,
-                                                progress=bar)
+                                                spike_k, coding, compositions, text, calibration, device, dtype,
+                                                load=load, progress=bar)
     note(run.manifest["weights_note"])
     show(compare_table(run.manifest["model"], table))
     note(run.manifest["weights_note"])

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from sparsescope.cli._common import RUNS_DIR, MODEL, Bar, app, console, friendly, load, out
+from sparsescope.cli._common import DEVICE, DTYPE, RUNS_DIR, MODEL, Bar, app, console, friendly, load, out
 
 
 @app.command()
@@ -29,6 +29,16 @@ def scan(
                                "(after position 0 and a suite-wide shared prefix); shorter prompts are left out."),
     unmatched: bool = typer.Option(False, "--unmatched", help="Count every token of whole prompts instead (the "
                                    "UNMATCHED view: prompt length and position confound ID vs OOD)."),
+    token_budget: Optional[int] = typer.Option(None, help="At most this many padded tokens per forward pass "
+                                               "(prompts are grouped by length; results do not change)."),
+    device: str = DEVICE,
+    dtype: str = DTYPE,
+    device_map: Optional[str] = typer.Option(None, help="Spread a model too big for one device: 'auto' (accelerate: "
+                                             "GPUs, then CPU, then disk) or JSON {module: device|'cpu'|'disk'}."),
+    backend: str = typer.Option("hooks", help="hooks (torch hooks) or nnsight (statistics reduced inside an "
+                                "nnsight trace: the same numbers)."),
+    remote: bool = typer.Option(False, "--remote", help="With --backend nnsight: run on NDIF (needs NDIF_API_KEY; "
+                                "--model a hub id NDIF serves); only reduced statistics are downloaded."),
     resume: Optional[str] = typer.Option(None, help="Finish an interrupted run: its id, or 'last'."),
     report: bool = typer.Option(True, help="Write the HTML report when done."),
     runs_dir: Optional[Path] = RUNS_DIR,
@@ -38,7 +48,8 @@ def scan(
     from sparsescope.store import RunStore
 
     opts = workflows.ScanOptions(model, suites, sites, layers, metrics, ladders, seed, batch_size, max_tokens,
-                                 0 if unmatched else window)
+                                 0 if unmatched else window, token_budget=token_budget, device=device, dtype=dtype,
+                                 device_map=device_map, backend=backend, remote=remote)
     with Bar("scan", "tok") as bar:
         run = workflows.scan(RunStore(runs_dir), opts, resume, load=load, announce=console.print, progress=bar)
     console.print(f"recorded in {bar.elapsed:.1f} s → {run.path}")

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from sparsescope.cli._common import RUNS_DIR, MODEL, Bar, app, friendly, load, out
+from sparsescope.cli._common import DEVICE, DTYPE, RUNS_DIR, MODEL, Bar, app, friendly, load, out
 
 
 @app.command()
@@ -30,6 +30,8 @@ def spike(
                                                               "(one evaluation per layer)."),
     sweep: Optional[str] = typer.Option(None, help="Sweep one parameter, e.g. k=2,2.5,3,3.5,4."),
     energy: str = typer.Option("fp32", help="Energy constants and bit widths: fp32, fp16 or int8."),
+    device: str = DEVICE,
+    dtype: str = DTYPE,
     runs_dir: Optional[Path] = RUNS_DIR,
 ):
     """Convert linears to spiking inputs; measure spike sparsity, SOPs, energy (vs dense and quantized) and Δppl."""
@@ -39,6 +41,6 @@ def spike(
 
     with Bar("spike", "evaluations", transient=True) as bar:
         run, result = workflows.spike(RunStore(runs_dir), model, plan, layers, sites, eval_tokens, text, per_layer,
-                                      sweep, energy, load=load, progress=bar, k=k, coding=coding, neuron=neuron,
-                                      T=steps, max_steps=max_steps, wta=wta)
+                                      sweep, energy, device, dtype, load=load, progress=bar, k=k, coding=coding,
+                                      neuron=neuron, T=steps, max_steps=max_steps, wta=wta)
     print_spike(result, run.run_id, energy, run.path, out)

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from sparsescope.cli._common import RUNS_DIR, MODEL, Bar, app, friendly, load, note, out, show
+from sparsescope.cli._common import DEVICE, DTYPE, RUNS_DIR, MODEL, Bar, app, friendly, load, note, out, show
 
 
 @app.command()
@@ -27,6 +27,8 @@ def weights(
     eval_tokens: int = typer.Option(1024, help="Held-out tokens per evaluation."),
     text: str = typer.Option("heldout", help="Evaluation text: 'heldout' or a UTF-8 file."),
     calibration: str = typer.Option("calibration", help="Wanda's calibration text: 'calibration' or a UTF-8 file."),
+    device: str = DEVICE,
+    dtype: str = DTYPE,
     runs_dir: Optional[Path] = RUNS_DIR,
 ):
     """Weight statistics per layer × weight site; with --sensitivity, pruning curves and the essential sparsity.
@@ -40,7 +42,7 @@ def weights(
     with Bar("prune", "evaluations") as bar:
         run, tables, dense_ppl, n_tokens, seconds = workflows.weights(
             RunStore(runs_dir), model, metric, sensitivity, per_layer, methods, sparsities, nm, layers, tolerance,
-            eval_tokens, text, calibration, load=load, progress=bar)
+            eval_tokens, text, calibration, device, dtype, load=load, progress=bar)
     note(run.manifest["weights_note"])
     for table in weights_tables(run.manifest["model"], tables, metric, tolerance, dense_ppl, n_tokens):
         show(table)

@@ -1,5 +1,8 @@
 """Fused exact per-token sparsity statistics: one C++ call per hooked site and batch, or the same in torch ops.
 
+``logit_values`` does the same for the logits: per predicted token the next-token NLL and max-softmax probability
+(the OOD baselines), in one pass over the vocabulary instead of materialising a log-softmax.
+
 ``site_values(x, owner, spec)`` takes a site's activations as a ``[B, T, G, n]`` view (``G`` rows per token: the
 heads of an attention pattern, 1 elsewhere) and returns ``[B, T, M + D + 3]`` float64: per token the ``M`` static
 metrics (mean over the ``G`` rows), the ``D`` delta (temporal) values against token ``t - 1``, then three flags:
@@ -132,3 +135,24 @@ def _count_le(a: torch.Tensor, mask: torch.Tensor | None, v: torch.Tensor) -> to
     if mask is not None:
         le &= mask[:, :, None, :]
     return le.sum(-1).to(torch.float64)
+
+
+def logit_values(logits: torch.Tensor, targets: torch.Tensor, want: torch.Tensor,
+                 use_kernel: bool | None = None) -> torch.Tensor:
+    """``[B, T, 3]`` float64: next-token NLL, max-softmax probability and an ok flag of ``logits`` ``[B, T, V]``
+    for the rows where ``want`` ``[B, T]`` is true and every logit is finite (all 0 elsewhere; row t predicts
+    ``targets[:, t]``). The kernel (float32 CPU logits) agrees with the torch twin to float32 rounding."""
+    ext = kernel() if use_kernel is not False and logits.device.type == "cpu" and logits.dtype == torch.float32 \
+        else None
+    if use_kernel and ext is None:
+        raise RuntimeError("the stats kernel is not available here")
+    if ext is not None:
+        if logits.stride(-1) != 1:
+            logits = logits.contiguous()
+        return ext.logit_values(logits, targets.contiguous(), want.contiguous())
+    logp = torch.log_softmax(logits if logits.dtype == torch.float64 else logits.float(), -1)  # bf16 → float32
+    nll = -logp.gather(-1, targets[..., None])[..., 0]
+    maxp = logp.max(-1).values.exp()
+    ok = want & torch.isfinite(logits).all(-1)
+    out = torch.stack([nll, maxp, torch.ones_like(nll)], -1).double()
+    return torch.where(ok[..., None], out, torch.zeros((), dtype=out.dtype, device=out.device))

