@@ -235,7 +235,7 @@ def test_a_learned_edge_mask_gets_gradients_through_live_outputs(lm):
     with torch.enable_grad():
         m = sum(patcher.forward(b, keep, refs).sum() for b, refs in prepared)
         (grad,) = torch.autograd.grad(m, keep)
-    assert float(m) == pytest.approx(patcher.metric(prepared, keep.detach()) * 2, rel=1e-10)
+    assert float(m.detach()) == pytest.approx(patcher.metric(prepared, keep.detach()) * 2, rel=1e-10)
     i, eps = 40, 1e-2  # not smaller: RMSNorm computes in float32 even in a float64 model
     up, down = keep.detach().clone(), keep.detach().clone()
     up[i] += eps
