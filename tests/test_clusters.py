@@ -49,6 +49,7 @@ def test_planted_coactivating_groups_are_recovered_above_the_null():
 
 def test_coactivation_tables_add_up(lm):
     circuit = pd.DataFrame(dict(task=["a", "a", "b", "b"], layer=[0, 0, 1, 0], kind="neuron", index=[3, 9, 4, 3],
+                                score=[1.0, 0.5, 2.0, 0.1],
                                 method="eap_ig", variant="dense"))
     clusters, scores = coactivation(lm, circuit, [char_task(lm, n=6)], n_clusters=3, permutations=20)
     assert scores.iloc[0][["n_neurons", "n_circuit", "n_clusters"]].tolist() == [6, 3, 3]  # L0N3 is shared
@@ -79,3 +80,10 @@ def test_compare_pruned_discovers_on_the_pruned_model_and_restores_it(lm, monkey
     assert np.allclose(p["size_ratio"], s.xs("magnitude@0.500", level="variant")["n_at_target"]
                        / s.xs("dense", level="variant")["n_at_target"])
     assert {"clusters", "cluster_scores", "firing", "overlap"} <= set(t)
+
+
+def test_coactivation_keeps_the_strongest_circuit_neurons_when_capped(lm):
+    circuit = pd.DataFrame(dict(task="a", layer=[0, 0, 1, 1], kind="neuron", index=[3, 9, 4, 5],
+                                score=[1.0, -5.0, 0.1, 2.0], method="eap_ig", variant="dense"))
+    _, scores = coactivation(lm, circuit, [char_task(lm, n=4)], n_clusters=2, permutations=5, max_neurons=4)
+    assert scores.iloc[0][["n_circuit", "n_neurons"]].tolist() == [2, 4]  # L0N9 and L1N5, plus two random

@@ -72,10 +72,11 @@ def agreement(clusters: np.ndarray, labels: np.ndarray, permutations: int = 200,
 
 
 def coactivation(lm: LoadedModel, circuit: pd.DataFrame, data: list[TaskData], n_clusters: int = 8, seed: int = 0,
-                 permutations: int = 200) -> tuple[pd.DataFrame, pd.DataFrame]:
+                 permutations: int = 200, max_neurons: int = 2000) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Cluster circuit neurons (and as many random others) by co-activation over ``data``; per (method, variant) of
     the neuron-level ``circuit`` table: ``clusters`` (cluster × circuit label: count, share, chance share) and
-    ``cluster_scores`` (ARI against the permutation null)."""
+    ``cluster_scores`` (ARI against the permutation null). At most ``max_neurons / 2`` circuit neurons, those with
+    the largest |score| (the correlation matrix is neurons², and large circuits would not fit)."""
     neurons = circuit[circuit["kind"] == "neuron"]
     if neurons.empty:
         raise UserError("co-activation clustering compares neuron-level circuits; discover with --level neurons")
@@ -83,16 +84,15 @@ def coactivation(lm: LoadedModel, circuit: pd.DataFrame, data: list[TaskData], n
     rows, scores = [], []
     for (method, variant), c in neurons.groupby(["method", "variant"]):
         member: dict[tuple[int, int], str] = {}
+        c = c.loc[c["score"].abs().sort_values(ascending=False, kind="stable").index]
+        c = c[c.set_index(["layer", "index"]).index.isin(
+            c[["layer", "index"]].drop_duplicates().head(max_neurons // 2).set_index(["layer", "index"]).index)]
         for r in c.itertuples():
             key = (int(r.layer), int(r.index))
             member[key] = r.task if member.get(key, r.task) == r.task else "shared"
-        rng = np.random.default_rng(seed)
-        others: set[tuple[int, int]] = set()
-        while len(others) < len(member):  # as many random non-circuit neurons
-            key = (int(rng.integers(lm.n_layers)), int(rng.integers(d_mlp)))
-            if key not in member:
-                others.add(key)
-        chosen = sorted(member) + sorted(others)
+        rest = [(layer, i) for layer in range(lm.n_layers) for i in range(d_mlp) if (layer, i) not in member]
+        picked = np.random.default_rng(seed).choice(len(rest), min(len(member), len(rest)), replace=False)
+        chosen = sorted(member) + sorted(rest[k] for k in picked)  # as many random non-circuit neurons (if there are)
         labels = np.array([member.get(n, "none") for n in chosen])
         found = cluster_neurons(neuron_activations(lm, data, chosen), min(n_clusters, len(chosen)))
         share = pd.Series(labels).value_counts(normalize=True)
