@@ -6,11 +6,13 @@ signature, so a page load never recomputes what an earlier one read and a new ru
 
 from __future__ import annotations
 
+import math
 import os
 
 import pandas as pd
 import streamlit as st
 
+from sparsescope.record.metrics import Metric
 from sparsescope.show import runs as store
 
 FIRST_RUN = ("sparsescope scan --suites prose,random_tokens --sites mlp.hook_post,hook_resid_post "
@@ -32,13 +34,46 @@ def catalog() -> pd.DataFrame:
 
 
 @st.cache_data(show_spinner=False, max_entries=128)
-def _table(path: str, sig: tuple, name: str, run_ids: tuple, columns: str, where: str) -> pd.DataFrame:
-    return store.load(path, name, run_ids, columns, where)
+def _table(path: str, sig: tuple, name: str, run_ids: tuple, columns: str, where: str, order: str) -> pd.DataFrame:
+    return store.load(path, name, run_ids, columns, where, order)
 
 
-def table(name: str, run_ids, columns: str = "*", where: str = "") -> pd.DataFrame:
-    """Rows of table `name` of the given complete runs (empty frame where none has it)."""
-    return _table(root(), store.signature(root()), name, tuple(run_ids), columns, where)
+def table(name: str, run_ids, columns: str = "*", where: str = "", order: str = "") -> pd.DataFrame:
+    """Rows of table `name` of the given complete runs (empty frame where none has it); read only the columns and
+    rows a chart needs (`columns`, `where`): every read is cached until the runs folder changes."""
+    return _table(root(), store.signature(root()), name, tuple(run_ids), columns, where, order)
+
+
+@st.cache_data(show_spinner=False, max_entries=128)
+def _sql(path: str, sig: tuple, name: str, run_ids: tuple, select: str) -> pd.DataFrame:
+    return store.sql(path, name, run_ids, select)
+
+
+def sql(name: str, run_ids, select: str) -> pd.DataFrame:
+    """An aggregation computed in DuckDB over the chosen runs' rows of `name` (the view `t`), cached like `table`."""
+    return _sql(root(), store.signature(root()), name, tuple(run_ids), select)
+
+
+@st.cache_resource(show_spinner=False, max_entries=256)
+def _figure(path: str, sig: tuple, name: str, args: tuple, _build):
+    return _build(*args)
+
+
+def cached(build, *args):
+    """`build(*args)` (a figure or a derived table), built once per runs-folder signature and shared by every
+    session and rerun.
+
+    Building plotly figures costs more than reading the tables they show; `build` reads its tables through
+    `table`/`sql` from hashable `args` (run ids, site, metric), so a page switch only serialises the figure.
+    Callers never mutate what it returns.
+    """
+    name = f"{build.__code__.co_filename}:{build.__qualname__}"
+    return _figure(root(), store.signature(root()), name, args, build)
+
+
+def quote(text: str) -> str:
+    """A SQL string literal."""
+    return store.sql_str(text)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -121,10 +156,17 @@ def columns_for(run_ids: list[str]):
     return st.columns(len(run_ids)) if 1 < len(run_ids) <= 3 else [st.container() for _ in run_ids]
 
 
-def metric_names(acts: pd.DataFrame) -> list[str]:
-    """'hoyer', 'near_zero_frac@0.1', ... in the table's order."""
-    pairs = acts[["metric", "threshold"]].drop_duplicates()
-    return [m if pd.isna(t) else f"{m}@{t:g}" for m, t in pairs.itertuples(index=False)]
+def metric_names(name: str, run_ids) -> list[str]:
+    """'hoyer', 'near_zero_frac@0.1', ... recorded in table `name` of these runs (metric, threshold columns)."""
+    pairs = sql(name, run_ids, "SELECT DISTINCT metric, threshold FROM t ORDER BY metric, threshold NULLS FIRST")
+    return [Metric(m, float(t)).label for m, t in pairs.itertuples(index=False)]
+
+
+def metric_where(label: str) -> str:
+    """The SQL filter on (metric, threshold) of a label such as 'near_zero_frac@0.1' or 'hoyer'."""
+    m = Metric.parse(label)
+    at = "threshold IS NULL" if math.isnan(m.threshold) else f"abs(threshold - {m.threshold!r}) < 1e-9"
+    return f"(metric = {quote(m.name)} AND {at})"
 
 
 def ids(kind: str, table_name: str, model: str | None = None) -> list[str]:

@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 import tracemalloc
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -208,16 +209,18 @@ def amdahl(lm, sparsity: float) -> dict:
 
 def decode(model: str = "smollm2-135m", plans: list[str] | None = None, sparsity: float = 0.5, n_new: int = 32,
            repeats: int = 3, eval_tokens: int = 1024, calib_tokens: int = 1024, progress=None,
-           cpu_time: bool = False):
+           cpu_time: bool = False, threads: Sequence[int] = ()):
     """Decode tokens/s in the lean loop, dense vs sparse/int8/planned, with each configuration's Δppl.
 
     Dense twice (torch ``F.linear`` modules, and our dense GEMV on every linear and the head): the faster one is
     the baseline of ``speedup``. Then TEAL at ``sparsity`` on every block linear (our kernel), int8 weights
-    (with an int8 head), int8 + TEAL, and each plan file in ``plans``; HF ``generate`` for reference.
-    ``cpu_time``: time by the process's CPU time (one thread). Returns (table, Amdahl bounds).
+    (with an int8 head), int8 + TEAL, and each plan file in ``plans``, all in the fused loop; HF ``generate`` for
+    reference. ``threads``: thread counts timed in turn (default: the current one). ``cpu_time``: time by the
+    process's CPU time (one thread). Returns (table, Amdahl bounds, the fused loop's profile of dense and int8:
+    ms per token per component, at the current thread count).
     """
     from sparsescope.eval import Evaluator
-    from sparsescope.harvest.decode import dense_configs, measure
+    from sparsescope.harvest.decode import DecodeConfig, dense_configs, measure, profile
     from sparsescope.harvest.planner import HarvestPlan
     from sparsescope.intervene import Plan, Rule
     from sparsescope.probes import load_text
@@ -225,32 +228,45 @@ def decode(model: str = "smollm2-135m", plans: list[str] | None = None, sparsity
 
     lm = load_model(model)
     configs = dense_configs() | {
-               f"TEAL {sparsity:.0%}": (Plan([Rule("sparse", {"sparsity": sparsity})]), "fp32"),
-               "int8": (Plan([Rule("sparse", {"sparsity": 0.0, "weights": "int8"})]), "int8"),
-               f"int8 + TEAL {sparsity:.0%}": (Plan([Rule("sparse", {"sparsity": sparsity, "weights": "int8"})]),
-                                               "int8")}
+               f"TEAL {sparsity:.0%}": DecodeConfig(Plan([Rule("sparse", {"sparsity": sparsity})]), "fp32"),
+               "int8": DecodeConfig(Plan([Rule("sparse", {"sparsity": 0.0, "weights": "int8"})]), "int8"),
+               f"int8 + TEAL {sparsity:.0%}": DecodeConfig(Plan([Rule("sparse", {"sparsity": sparsity,
+                                                                                 "weights": "int8"})]), "int8")}
     for path in plans or []:
         hp = HarvestPlan.from_yaml(path)
         hp.check(lm)
-        configs[f"planned {Path(path).name} ({hp.plan.name})"] = (hp.plan, hp.lm_head)
+        configs[f"planned {Path(path).name} ({hp.plan.name})"] = DecodeConfig(hp.plan, hp.lm_head)
     heldout = load_text("heldout")
     evaluator = Evaluator(lm, heldout, max_tokens=eval_tokens)
     evaluator.reference()
     calibration = calibrate(lm, load_text("calibration"), max_tokens=calib_tokens)
     prompt = lm.tokenizer(heldout)["input_ids"][:16]
     table = measure(lm, configs, prompt, n_new, repeats, evaluator, calibration, progress=progress,
-                    clock=time.process_time if cpu_time else time.perf_counter)
-    return table, amdahl(lm, sparsity)
+                    clock=time.process_time if cpu_time else time.perf_counter, threads=threads)
+    parts = profile(lm, {k: v for k, v in configs.items() if k in ("dense ours", "int8")}, prompt,
+                    calibration=calibration, clock="cpu" if cpu_time else "wall")
+    return table, amdahl(lm, sparsity), parts
 
 
-def _bench_run(store, table_name: str, table, config: dict, load_before: tuple, extra: dict | None = None):
-    """Store one benchmark table as a ``bench`` run, with the load average before and after in the manifest."""
+def check_threads(threads: Sequence[int], cpu_time: bool) -> None:
+    """Refuse thread counts below 1, and CPU-time clocks with more than one thread (they add up every thread)."""
+    if any(not isinstance(t, int) or t < 1 for t in threads):
+        raise UserError(f"--threads {list(threads)}: thread counts must be whole numbers ≥ 1, e.g. 2,1")
+    if cpu_time and max(threads or [torch.get_num_threads()]) > 1:
+        raise UserError("--cpu-time adds up the CPU time of every thread; run it with OMP_NUM_THREADS=1 "
+                        "(or --threads 1)")
+
+
+def _bench_run(store, table_name: str, table, config: dict, load_before: tuple, extra: dict | None = None,
+               more: dict | None = None):
+    """Store one benchmark table (and ``more`` tables) as a ``bench`` run, with the load average before and
+    after in the manifest."""
     from sparsescope import __version__
 
     run = store.create({"kind": "bench", "model": config.get("model", "kernels"), "config": config,
                         "package_version": __version__, "loadavg_before": list(load_before),
                         "loadavg_after": list(os.getloadavg())} | (extra or {}))
-    run.finalize({table_name: table.assign(run_id=run.run_id)})
+    run.finalize({name: t.assign(run_id=run.run_id) for name, t in {table_name: table, **(more or {})}.items()})
     return run
 
 
@@ -266,15 +282,18 @@ def kernels_run(store, repeats: int = 7, progress=None, cpu_time: bool = False):
 
 
 def decode_run(store, model: str = "smollm2-135m", plans: list[str] | None = None, sparsity: float = 0.5,
-               n_new: int = 32, repeats: int = 3, progress=None, cpu_time: bool = False):
+               n_new: int = 32, repeats: int = 3, progress=None, cpu_time: bool = False,
+               threads: Sequence[int] = ()):
     """``bench decode`` as a stored ``bench`` run (table ``decode``, Amdahl bound in the manifest).
 
     Returns (run, table, bound)."""
     store.check_writable()
-    if cpu_time and torch.get_num_threads() > 1:
-        raise UserError("--cpu-time adds up the CPU time of every thread; run it with OMP_NUM_THREADS=1")
+    check_threads(threads, cpu_time)
     before = os.getloadavg()
-    table, bound = decode(model, plans, sparsity, n_new, repeats, progress=progress, cpu_time=cpu_time)
+    table, bound, parts = decode(model, plans, sparsity, n_new, repeats, progress=progress, cpu_time=cpu_time,
+                                 threads=threads)
     config = {"model": model, "plans": plans, "sparsity": sparsity, "tokens": n_new, "repeats": repeats,
-              "threads": torch.get_num_threads(), "clock": "cpu" if cpu_time else "wall"}
-    return _bench_run(store, "decode", table, config, before, {"amdahl": bound}), table, bound
+              "threads": list(threads) or [torch.get_num_threads()], "clock": "cpu" if cpu_time else "wall"}
+    run = _bench_run(store, "decode", table, config, before, {"amdahl": bound},
+                     {"decode_profile": parts.assign(threads=torch.get_num_threads())})
+    return run, table, bound, parts

@@ -234,6 +234,16 @@ def leave_family_out(
     return pd.DataFrame(out).reindex(columns=columns)
 
 
+def roc_table(results: pd.DataFrame) -> pd.DataFrame:
+    """The ROC curves of `leave_family_out` results as a tidy table (the run store keeps no arrays in cells):
+    one row per curve point, columns family, method, point (0, 1, ... along the curve), fpr, tpr."""
+    rows = [pd.DataFrame({"family": r.family, "method": r.method, "point": np.arange(len(r.fpr)),
+                          "fpr": np.asarray(r.fpr, dtype=float), "tpr": np.asarray(r.tpr, dtype=float)})
+            for r in results.itertuples(index=False)]
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["family", "method", "point", "fpr",
+                                                                                  "tpr"])
+
+
 def versus_baseline(results: pd.DataFrame) -> pd.DataFrame:
     """Per held-out family: the sparsity profile's AUROC [CI], the best baseline's, and their paired difference."""
     prof = results[results["method"] == PROFILE].set_index("family")

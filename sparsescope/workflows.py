@@ -259,11 +259,13 @@ def default_metric(activations: pd.DataFrame) -> str:
 
 def report(run: RunDir, metric: str | None = None, html: bool = True) -> Report:
     """Summarise a scan run: ID vs OOD per layer and, with a `prompts` table, the statistics over prompts (their
-    `effects`, `trends` and `detector` tables are written into the run); ``html`` also writes `report.html`.
+    `effects`, `trends`, `ladder_means` (the ladder bands), `detector` and its ROC points `roc` are written into the
+    run); ``html`` also writes `report.html`.
 
     ``metric`` None: hoyer, or the run's first metric when it has no hoyer. A run without ID or OOD suites
     (ladders only) has no ID/OOD summary (``summary`` None) but still its statistics and page."""
     from sparsescope.harvest.summary import DEFAULT_SITES, ID, OOD, statistics, summary_table
+    from sparsescope.ood import roc_table
     from sparsescope.show.report import write_html
 
     acts = run.read("activations")
@@ -275,9 +277,11 @@ def report(run: RunDir, metric: str | None = None, html: bool = True) -> Report:
     stats = {}
     if "prompts" in run.manifest.get("tables", {}):
         stats = statistics(run.read("prompts"))
-        for name in ("effects", "trends", "detector"):
+        if "detector" in stats:  # the ROC points go into their own tidy table
+            stats["roc"] = roc_table(stats["detector"])
+        for name in ("effects", "trends", "ladder_means", "detector", "roc"):
             if name in stats:
-                run.write_table(name, stats[name].drop(columns=["fpr", "tpr"], errors="ignore"))
+                run.write_table(name, stats[name].drop(columns=["fpr", "tpr"]) if name == "detector" else stats[name])
     path = write_html(run, metric=metric, stats=stats) if html else None
     return Report(run, metric, summary, stats, path)
 
@@ -400,7 +404,7 @@ def compare(store: RunStore, model: str, eval_tokens: int = 1024, seq_len: int =
 def plan(store: RunStore, model: str, budget: str = "5%", sparsities: str = "0.3,0.5,0.7", int8: bool = True,
          eval_tokens: int = 1024, rounds: int = 4, teal: bool = True, apply: bool = False, tokens: int = 32,
          repeats: int = 3, output: Path | None = None, text: str = "heldout", calibration: str = "calibration",
-         cpu_time: bool = False, load: Callable = load_model, progress: Progress = _quiet):
+         cpu_time: bool = False, load: Callable = load_model, progress: Progress = _quiet, pricing: str = "loop"):
     """A harvest plan run (kind `plan`): tables plan, comparison, rounds (+ decode with ``apply``) and plan.yaml.
 
     Returns ``(run, result, tables)`` (``harvest.planner.PlanResult``, the tables written).
@@ -409,8 +413,12 @@ def plan(store: RunStore, model: str, budget: str = "5%", sparsities: str = "0.3
     from sparsescope.probes import load_text
 
     cfg = pl.PlannerConfig(budget=pl.parse_budget(budget), sparsities=tuple(parse_floats(sparsities, "--sparsities")),
-                           int8=int8, eval_tokens=eval_tokens, rounds=rounds, compare_teal=teal)
+                           int8=int8, eval_tokens=eval_tokens, rounds=rounds, compare_teal=teal, pricing=pricing,
+                           clock="cpu" if cpu_time else "wall")
     store.check_writable()
+    from sparsescope.bench import check_threads
+
+    check_threads([], cpu_time)
     texts = load_text(text), load_text(calibration)
     start = time.perf_counter()
     lm = load(model)
@@ -422,7 +430,7 @@ def plan(store: RunStore, model: str, budget: str = "5%", sparsities: str = "0.3
         tables["decode"] = pl.decode_check(lm, result.plan, texts[0], texts[1], tokens, repeats, cfg, tick, cpu_time)
     config = {"model": model, "budget": cfg.budget, "sparsities": list(cfg.sparsities), "int8": int8,
               "eval_tokens": eval_tokens, "rounds": rounds, "teal": teal, "apply": apply, "text": text,
-              "calibration": calibration, "cpu_time": cpu_time}
+              "calibration": calibration, "cpu_time": cpu_time, "pricing": pricing}
     run = _finish(store, _manifest("plan", lm, seconds=time.perf_counter() - start, notes=result.plan.notes,
                                    config=config), tables)
     result.plan.to_yaml(run.path / "plan.yaml")

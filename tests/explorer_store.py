@@ -1,5 +1,5 @@
-"""A run store for the explorer tests, made by REAL runs of the CLI on tiny random models (plus contract-shaped
-`sae`, `circuits` and `plan` runs, whose commands are still being built), a corrupt run and a half-written one."""
+"""A run store for the explorer tests, made by REAL runs on tiny random models (the CLI, or for circuits the library
+function it calls), plus a contract-shaped `plan` run, a corrupt run and a half-written one."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
+import pytest
 from typer.testing import CliRunner
 
 from sparsescope.cli import app
@@ -34,11 +34,14 @@ def build(runs: Path, model_dir: Path, other_model_dir: Path) -> dict[str, str]:
           "--spike-k", "3", "--no-compositions"], runs)
     _run(["scan", "--model", str(other_model_dir), "--suites", "prose,random_tokens", "--max-tokens", "16",
           "--window", "8", "--sites", "mlp.hook_post", "--no-report"], runs)
+    _run(["sae", "train", *m, "--site", "blocks.1.mlp.hook_post", "--k", "4", "--d-sae", "32", "--train-tokens", "512",
+          "--batch-size", "128", "--cache-tokens", "600", "--context", "32", "--suites", "prose,random_tokens",
+          "--max-prompts", "6", "--n-boot", "20", "--heldout-tokens", "256", "--inspect-tokens", "600"], runs)
+    _circuits(runs, model_dir)
     store = RunStore(runs)
     ids = {r.kind + ("_other" if r.kind == "scan" and "qwen" in r.run_id else ""): r.run_id for r in store.runs()}
     model = store.open(ids["scan"]).manifest["model"]
-    rng = np.random.default_rng(0)
-    _contract_runs(store, model, rng)
+    _plan_run(store, model)
     # A damaged copy of the scan (a table cut short) and a run whose writer died half-way.
     corrupt = runs / f"{ids['scan']}-corrupt"
     shutil.copytree(runs / ids["scan"], corrupt)
@@ -50,43 +53,22 @@ def build(runs: Path, model_dir: Path, other_model_dir: Path) -> dict[str, str]:
     return ids
 
 
-def _contract_runs(store: RunStore, model: str, rng: np.random.Generator) -> None:
-    """Small `sae`, `circuits` and `plan` runs in the table shapes of the cross-helper contracts."""
-    sae = store.create({"kind": "sae", "model": model})
-    feats = np.arange(16)
-    sae.finalize({
-        "sae_metrics": pd.DataFrame({"site": "blocks.1.mlp.hook_post", "architecture": ["topk", "relu"],
-                                     "d_in": 64, "d_sae": 16, "k": [4, 0], "split": "id", "family": "prose",
-                                     "n_tokens": 512, "l0": [4.0, 6.5], "dead_frac": [0.0, 0.125],
-                                     "dense_frac": 0.0, "explained_variance": [0.71, 0.64], "mse": [0.3, 0.4],
-                                     "cosine": [0.85, 0.8], "ce_loss_recovered": [0.9, 0.8], "kl_score": [0.9, 0.8]}),
-        "sae_features": pd.concat([pd.DataFrame({"site": "blocks.1.mlp.hook_post", "feature": feats, "split": s,
-                                                 "family": f, "density": rng.uniform(0.001, 0.3, 16),
-                                                 "mean_act": rng.uniform(0, 2, 16)})
-                                   for s, f in (("id", "prose"), ("ood", "random_tokens"))]),
-        "sae_contexts": pd.DataFrame({"site": "blocks.1.mlp.hook_post", "feature": np.repeat(feats, 2),
-                                      "rank": np.tile([0, 1], 16), "activation": rng.uniform(1, 3, 32),
-                                      "text": "the cat «sat» on the mat", "prompt_id": "p0", "position": 2}),
-        "sae_logits": pd.DataFrame({"site": "blocks.1.mlp.hook_post", "feature": np.repeat(feats, 2),
-                                    "rank": 0, "direction": np.tile(["+", "-"], 16), "token": np.tile(["a", "b"], 16),
-                                    "effect": np.tile([0.5, -0.4], 16)}),
-    })
-    circ = store.create({"kind": "circuits", "model": model})
-    layers, idx = np.meshgrid(range(2), range(4))
-    circ.finalize({
-        "tasks": pd.DataFrame({"task": ["copy", "count"], "n_prompts": 20, "accuracy": [0.9, 0.3],
-                               "chance": [0.1, 0.25], "logit_diff": [2.1, 0.2], "at_chance": [False, True]}),
-        "effects": pd.DataFrame({"task": "copy", "method": "ablation", "layer": layers.ravel(), "kind": "head",
-                                 "index": idx.ravel(), "effect": rng.normal(size=8)}),
-        "faithfulness": pd.DataFrame({"task": "copy", "method": "ablation", "size_frac": [0.1, 0.3, 1.0],
-                                      "faithfulness": [0.4, 0.8, 1.0], "n_components": [1, 3, 8]}),
-        "scores": pd.DataFrame({"task": ["copy"], "method": "ablation", "cpr": 0.8, "cmd": 0.1, "necessity": 0.7,
-                                "sufficiency": 0.6, "random_cpr": 0.2, "random_cmd": 0.6}),
-        "circuit": pd.DataFrame({"task": "copy", "method": "ablation", "layer": [0, 1], "kind": "head",
-                                 "index": [1, 3], "score": [0.5, 0.4]}),
-        "overlap": pd.DataFrame({"task_a": ["copy", "count"], "task_b": ["count", "copy"], "layer": 0,
-                                 "jaccard": [0.2, 0.2]}),
-    })
+def _circuits(runs: Path, model_dir: Path) -> None:
+    """A real `circuits compare` run (dense and 50 % magnitude-pruned circuits of two tasks, their overlap) through
+    the library function the command calls. The tiny random model does every task at chance, which the command
+    refuses (its circuits would mean little); the refusal is switched off here, as tests/test_circuits.py does."""
+    from sparsescope import workflows
+    from sparsescope.circuits import tasks
+
+    cfg = workflows.circuits_config("eap,eap_ig", n=4, steps=2, random_seeds=2)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tasks.Performance, "check", lambda self: None)
+        workflows.circuits_compare(RunStore(runs), str(model_dir), "induction,greater_than", cfg, sparsity=0.5,
+                                   neurons=False)
+
+
+def _plan_run(store: RunStore, model: str) -> None:
+    """A small `plan` run in the table shape of the cross-helper contract."""
     plan = store.create({"kind": "plan", "model": model})
     rows = [{"layer": layer, "site": "mlp.W_out", "choice": choice, "params": json.dumps(params),
              "bytes_saved": saved * 1000, "time_saved_s": 0.0, "energy_saved_uJ": saved, "delta_ppl_est": dppl,

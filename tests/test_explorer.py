@@ -1,7 +1,9 @@
 """The explorer app: every page under Streamlit's AppTest on a store of real tiny-model runs and on an empty store;
 the harvest pricing and budgeted choice against independent references; `sparsescope app` bad input."""
 
+import base64
 import itertools
+import json
 import socket
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from typer.testing import CliRunner
 
 from sparsescope.cli import app
 from sparsescope.show import harvest, runs as show_runs
+from sparsescope.store import RunStore
 
 EXPLORER = str(Path(__file__).resolve().parents[1] / "apps" / "explorer.py")
 PAGES = {"pages/harvest.py": "Harvest: where latent sparsity pays", "pages/overview.py": "Overview",
@@ -120,6 +123,75 @@ def test_every_page_on_an_empty_store_says_how_to_make_a_run(tmp_path, kind, mon
     for page in PAGES:
         at = open_page(runs, page, monkeypatch)
         assert "sparsescope " in text(at)  # the command that produces the data
+
+
+def figure(at: AppTest, key: str) -> dict:
+    """The plotly figure of the chart with this key, as the browser receives it."""
+    return json.loads(next(c for c in at.get("plotly_chart") if c.proto.id.endswith(key)).proto.spec)
+
+
+def values(array) -> np.ndarray:
+    """A trace's array as sent to the browser (plotly ships numeric arrays as base64 typed arrays)."""
+    if isinstance(array, dict):
+        return np.frombuffer(base64.b64decode(array["bdata"]), dtype=array["dtype"])
+    return np.asarray(array, dtype=float)
+
+
+def test_sae_page_shows_the_real_sae_run(explorer_store, monkeypatch):
+    runs, ids = explorer_store
+    run = RunStore(runs).open(ids["sae"])
+    at = open_page(runs, "pages/sae.py", monkeypatch)
+    stored = run.read("sae_metrics")
+    shown = frame_with(at, "explained_variance")
+    assert len(shown) == len(stored)
+    np.testing.assert_allclose(np.sort(shown["l0"]), np.sort(stored["l0"]))
+    features = frame_with(at, "feature")  # one row per feature of the trained dictionary
+    assert sorted(features["feature"]) == list(range(int(stored["d_sae"].iloc[0])))
+    contexts = run.read("sae_contexts")
+    feature = at.number_input[0].value
+    listed = [m.value for m in at.markdown if m.value.startswith("- `")]
+    assert len(listed) == min(10, int((contexts["feature"] == feature).sum())) and all("«" in t for t in listed)
+
+
+def test_circuits_page_shows_one_variant_of_the_real_circuits_run(explorer_store, monkeypatch):
+    runs, ids = explorer_store
+    effects = RunStore(runs).open(ids["circuits"]).read("effects")
+    at = open_page(runs, "pages/circuits.py", monkeypatch)
+    variants = next(s for s in at.selectbox if s.label == "Model variant")
+    assert set(variants.options) == set(effects["variant"]) and len(variants.options) == 2  # dense and pruned
+    for variant in variants.options:
+        next(s for s in at.selectbox if s.label == "Model variant").set_value(variant).run()
+        assert not at.exception
+        task, method, kind = (next(s for s in at.selectbox if s.label == name).value
+                              for name in ("Task", "Method", "Component"))
+        want = effects[(effects["task"] == task) & (effects["method"] == method) & (effects["kind"] == kind)
+                       & (effects["variant"] == variant)]["effect"]
+        z = values(figure(at, "effects")["data"][0]["z"])
+        np.testing.assert_allclose(np.sort(z[~np.isnan(z)]), np.sort(want))  # this variant's effects, none averaged
+
+
+def test_id_ood_page_draws_the_stored_roc_curves(explorer_store, monkeypatch):
+    from sklearn.metrics import auc
+
+    runs, ids = explorer_store
+    run = RunStore(runs).open(ids["scan"])
+    detector, roc = run.read("detector"), run.read("roc")
+    assert len(detector) and set(map(tuple, roc[["family", "method"]].drop_duplicates().to_numpy())) == set(
+        map(tuple, detector[["family", "method"]].to_numpy()))
+    for (family, method), pts in roc.groupby(["family", "method"]):  # the stored points give the stored AUROC
+        pts = pts.sort_values("point")
+        want = detector.set_index(["family", "method"]).at[(family, method), "auroc"]
+        assert auc(pts["fpr"], pts["tpr"]) == pytest.approx(want, abs=1e-9)
+    at = open_page(runs, "pages/id_ood.py", monkeypatch)
+    at.multiselect(key="idood_runs").set_value([ids["scan"]]).run()
+    curves = [t for t in figure(at, f"roc_{ids['scan']}")["data"] if t.get("name")]
+    assert len(curves) == len(detector)  # the profile and every baseline, per held-out family
+    for t in curves:
+        family, rest = t["name"].split(" · ")
+        method = rest.split(" ")[0]
+        pts = roc[(roc["family"] == family) & (roc["method"] == method)].sort_values("point")
+        np.testing.assert_allclose(values(t["x"]), pts["fpr"])
+        np.testing.assert_allclose(values(t["y"]), pts["tpr"])
 
 
 # -- the show layer against independent references --------------------------------------------------------------------

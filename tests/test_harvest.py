@@ -183,17 +183,77 @@ def test_sparse_lever_restores_bit_identical_and_round_trips_yaml(tiny, calibrat
 
 # ---- the lean decode loop ------------------------------------------------------------------------------------
 
+needs_kernel = pytest.mark.skipif(sp.native() is None, reason="no C++ compiler: the fused loop cannot be built")
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
-def test_lean_decoder_matches_hf_forward(arch):
+@pytest.mark.parametrize("loop,head_fmt", [("modules", "torch"), ("fused", "torch"), ("fused", "fp32")])
+def test_lean_decoder_matches_hf_forward(arch, loop, head_fmt):
     from tiny import tiny_model
 
-    from sparsescope.harvest.decode import LeanDecoder
+    from sparsescope.harvest.decode import LeanDecoder, head
 
+    if loop == "fused" and sp.native() is None:
+        pytest.skip("no C++ compiler: the fused loop cannot be built")
     lm = tiny_model(arch)
     ids = torch.randint(3, 100, (1, 12), generator=torch.Generator().manual_seed(0))
-    decoder = LeanDecoder(lm, 32)
-    logits = torch.stack([decoder.step(int(t), p) for p, t in enumerate(ids[0])])
+    with head(lm, head_fmt):
+        decoder = LeanDecoder(lm, 32, fused=loop == "fused")
+        assert decoder.fused == (loop == "fused")
+        logits = torch.stack([decoder.step(int(t), p) for p, t in enumerate(ids[0])])
     assert torch.allclose(logits, lm.forward(ids)[0], atol=1e-5)
+
+
+@needs_kernel
+@pytest.mark.parametrize("weights", ["fp32", "int8"])
+def test_fused_loop_runs_the_plan_like_hf_forward_with_the_plan(tiny, calibration, weights):
+    """The fused loop reads each ``sparse`` lever's threshold and packing: its logits equal HF's forward over the
+    whole sequence with the same plan applied (torch path: thresholded input times the dequantised weight)."""
+    from sparsescope.harvest.decode import LeanDecoder, head
+    from sparsescope.intervene import Plan, Rule, apply
+
+    ids = torch.randint(3, 100, (1, 10), generator=torch.Generator().manual_seed(1))
+    plan = Plan([Rule("sparse", {"sparsity": 0.5, "weights": weights}, layers=[0]),
+                 Rule("sparse", {"sparsity": 0.3}, layers=[1], sites=["mlp.W_out"])])
+    with apply(tiny, plan, calibration), head(tiny, weights):
+        decoder = LeanDecoder(tiny, 16)
+        assert decoder.fused, decoder.why_not_fused
+        logits = torch.stack([decoder.step(int(t), p) for p, t in enumerate(ids[0])])
+        reference = tiny.forward(ids)[0]
+    assert torch.allclose(logits, reference, atol=1e-4)
+    assert not torch.allclose(logits, tiny.forward(ids)[0], atol=1e-3)  # the plan changed something
+
+
+@needs_kernel
+def test_fused_loop_profile_and_fallback(tiny, calibration):
+    import time
+
+    from sparsescope.harvest.decode import SLOTS, LeanDecoder
+    from sparsescope.intervene import Plan, Rule, apply
+
+    decoder = LeanDecoder(tiny, 8)
+    decoder.profile = "wall"
+    start = time.perf_counter()
+    decoder.step(5, 0)
+    elapsed = time.perf_counter() - start
+    prof = decoder.take_profile()
+    assert set(prof) == {f"{i}.{s}" for i in range(2) for s in SLOTS} | {"norm", "head"}
+    assert all(v >= 0 for v in prof.values()) and 0 < sum(prof.values()) <= elapsed
+    assert prof["head"] == 0  # the torch head runs in Python, outside the profile
+    assert sum(decoder.take_profile().values()) == 0  # taking zeroes the counters
+    ids = torch.randint(3, 100, (1, 6), generator=torch.Generator().manual_seed(2))
+    with apply(tiny, Plan([Rule("quant", {"bits": 4})])):  # a weight lever rewrites the weight: fused runs it
+        quantized = LeanDecoder(tiny, 8)
+        assert quantized.fused
+        logits = torch.stack([quantized.step(int(t), p) for p, t in enumerate(ids[0])])
+        assert torch.allclose(logits, tiny.forward(ids)[0], atol=1e-5)
+    with apply(tiny, Plan([Rule("teal", {"sparsity": 0.5})]), calibration):  # an input lever: modules loop only
+        fallback = LeanDecoder(tiny, 8)
+        assert not fallback.fused and "lever" in fallback.why_not_fused
+        with pytest.raises(UserError, match="fused"):
+            LeanDecoder(tiny, 8, fused=True)
+        with pytest.raises(UserError, match="fused loop"):
+            fallback.take_profile()
 
 
 def test_lean_decoder_greedy_equals_hf_generate_and_refuses_gpt2(tiny):
@@ -226,14 +286,18 @@ def _bytes_times(lm):
             for sh in shapes}
 
 
-@pytest.mark.parametrize("budget", [0.0, 0.003])
-def test_planner_respects_budget(tiny, budget):
+@pytest.mark.parametrize("budget,pricing", [(0.0, "bytes"), (0.003, "bytes"), (0.0, "loop"), (0.003, "loop")])
+def test_planner_respects_budget(tiny, budget, pricing):
     from sparsescope.eval import Evaluator
     from sparsescope.harvest import planner as pl
 
+    if pricing == "loop" and sp.native() is None:
+        pytest.skip("no C++ compiler: loop pricing needs the fused loop")
     cfg = pl.PlannerConfig(budget=budget, eval_tokens=256, seq_len=64, calib_tokens=256, fisher_tokens=128,
-                           rounds=3)
-    result = pl.plan(tiny, TEXT, TEXT, cfg, times=_bytes_times(tiny))
+                           rounds=3, loop_tokens=4)
+    result = pl.plan(tiny, TEXT, TEXT, cfg, times=_bytes_times(tiny) if pricing == "bytes" else None)
+    assert result.plan.notes["pricing"] == ("given" if pricing == "bytes" else "loop")
+    assert (result.table["seconds"] > 0).all() and result.table["time_saved_s"].notna().all()
     table = result.table
     assert set(table.columns) >= {"layer", "site", "choice", "params", "bytes_saved", "time_saved_s",
                                   "energy_saved_uJ", "delta_ppl_est", "selected"}
@@ -299,3 +363,36 @@ def test_cli_plan_end_to_end_and_bad_budget(model_dir, tmp_path):
     assert (run / "plan.yaml").is_file() and (tmp_path / "plan.yaml").is_file()
     table = pd.read_parquet(next(run.rglob("plan*.parquet")))
     assert table["selected"].sum() == table["name"].nunique()
+
+
+def test_bench_threads_are_checked():
+    from sparsescope.bench import check_threads
+
+    check_threads([2, 1], cpu_time=False)
+    check_threads([1], cpu_time=True)
+    with pytest.raises(UserError, match="whole numbers"):
+        check_threads([0], cpu_time=False)
+    with pytest.raises(UserError, match="whole numbers"):
+        check_threads([1.5], cpu_time=False)
+    with pytest.raises(UserError, match="cpu-time"):
+        check_threads([2, 1], cpu_time=True)
+
+
+def test_bench_decode_stores_speeds_per_thread_count_and_the_fused_profile(model_dir, tmp_path):
+    import pandas as pd
+
+    from sparsescope.bench import decode_run
+    from sparsescope.store import RunStore
+
+    run, table, bound, parts = decode_run(RunStore(tmp_path), str(model_dir), n_new=2, repeats=1, threads=[1, 2])
+    assert sorted(table["threads"].unique()) == [1, 2]
+    for _, per in table.groupby("threads"):  # the faster dense loop is 1.0 at each thread count
+        assert per.loc[per["config"].str.startswith("dense"), "speedup"].max() == pytest.approx(1.0)
+    assert 0 < bound["head_fraction"] < 1
+    stored = pd.read_parquet(next(run.path.rglob("decode_profile*.parquet")))
+    if sp.native() is not None:
+        assert set(table.loc[table["config"] == "dense ours", "loop"]) == {"fused"}
+        assert set(stored["config"]) == {"dense ours", "int8"}
+        assert {"q", "down", "rest", "head"} <= set(stored["component"]) and (stored["ms_per_token"] >= 0).all()
+    else:
+        assert stored.empty

@@ -9,6 +9,30 @@ import yaml
 import ui
 from sparsescope.show import figures, harvest
 
+
+
+def available(scan_ids: tuple):
+    acts = ui.table("activations", scan_ids, where="metric = 'teal_sparsity' AND split = 'id'")
+    if acts.empty:
+        return None
+    return figures.layer_site_heatmap(harvest.available_sparsity(acts), "Activation sparsity available "
+                                      "(teal_sparsity@0.1, ID text)", value="available", site="input_site")
+
+
+def priced(spike_id: str, scan_ids: tuple, weights_id: str | None):
+    """The per layer × linear harvest table (read-only: shared by every session)."""
+    acts = ui.table("activations", scan_ids, where="metric = 'teal_sparsity' AND split = 'id'") if scan_ids else None
+    knees = ui.table("knees", [weights_id]) if weights_id else None
+    return harvest.harvest_table(ui.table("energy", [spike_id]), ui.table("spikes", [spike_id]),
+                                 ui.table("quality", [spike_id]), acts, knees)
+
+
+def bars(spike_id: str, scan_ids: tuple, weights_id: str | None, stars: tuple):
+    """Savings per layer and lever; `stars`: (layer, choice) of the budgeted plan."""
+    return figures.harvest_bars(ui.cached(priced, spike_id, scan_ids, weights_id),
+                                pd.DataFrame(list(stars), columns=["layer", "choice"]))
+
+
 st.title("Harvest: where latent sparsity pays")
 runs = ui.catalog()
 if runs.empty:
@@ -24,31 +48,26 @@ if not models:
     ui.needs(ui.FIRST_RUN, "complete scan or spike run")
     st.stop()
 model = st.selectbox("Model", models, help="Harvest numbers are per model; runs of other models are not mixed in.")
-scan_ids = list(scans.loc[scans["model"] == model, "run_id"])
-acts = ui.table("activations", scan_ids, where="metric = 'teal_sparsity'") if scan_ids else None
+scan_ids = tuple(scans.loc[scans["model"] == model, "run_id"])
 
 spike_id = ui.pick("spike", "Spike run (costs of the spiking conversion, per-layer Δppl)", "harvest_spike",
                    table_name="energy", model=model)
 if not spike_id:
-    if acts is not None and len(acts):
-        avail = harvest.available_sparsity(acts)
-        ui.chart(figures.layer_site_heatmap(avail, "Activation sparsity available (teal_sparsity@0.1, ID text)",
-                                            value="available", site="input_site"),
-                 "the share of each linear's input entries that can be zeroed at ≤ 10 % relative error, recorded "
-                 "by your scans; pricing it needs a spike run.")
+    fig = ui.cached(available, scan_ids) if scan_ids else None
+    if fig is not None:
+        ui.chart(fig, "the share of each linear's input entries that can be zeroed at ≤ 10 % relative error, "
+                 "recorded by your scans; pricing it needs a spike run.")
     ui.needs("sparsescope spike --per-layer",
              f"spike run of {model} (it prices every linear and measures per-layer Δppl)")
     st.stop()
 spike_id = spike_id[0]
-energy, spikes = ui.table("energy", [spike_id]), ui.table("spikes", [spike_id])
 quality = ui.table("quality", [spike_id])
 weights_ids = ui.ids("weights", "knees", model)
-knees = ui.table("knees", weights_ids[:1]) if weights_ids else None
+table = ui.cached(priced, spike_id, scan_ids, weights_ids[0] if weights_ids else None)
 compare_ids = ui.ids("compare", "compare", model)
 compare = ui.table("compare", compare_ids[:1]) if compare_ids else pd.DataFrame()
 plan_ids = ui.ids("plan", "plan", model)
 
-table = harvest.harvest_table(energy, spikes, quality, acts, knees)
 dense_ppl = quality.loc[quality["scope"] == "dense", "value"]
 dense_ppl = float(dense_ppl.iloc[0]) if len(dense_ppl) else math.nan
 
@@ -110,7 +129,8 @@ else:
             st.download_button("Download the planner's own plan.yaml", stored, file_name="plan.yaml")
 
 stars = chosen[chosen["selected"]].groupby("layer")["choice"].agg(lambda c: "+".join(sorted(set(c)))).reset_index()
-ui.chart(figures.harvest_bars(table, stars),
+ui.chart(ui.cached(bars, spike_id, scan_ids, weights_ids[0] if weights_ids else None,
+                   tuple(stars.itertuples(index=False, name=None))),
          "µJ per token each lever would save per layer (summed over its linears); stars mark the layers the "
          "budgeted plan converts. Spiking saves compute but moves membrane potentials; int8 cuts weight reads.")
 

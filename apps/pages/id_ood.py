@@ -4,8 +4,7 @@ import streamlit as st
 
 import ui
 from sparsescope.harvest import summary
-from sparsescope.show import report
-from sparsescope.show import figures
+from sparsescope.show import figures, report
 
 st.title("ID vs OOD")
 chosen = ui.pick("scan", "Scan runs", "idood_runs", multi=True, table_name="prompts")
@@ -15,37 +14,25 @@ if not chosen:
 ui.different_models(chosen)
 
 
-@st.cache_data(show_spinner="bootstrap CIs along the ladders (once per run)", max_entries=16)
-def ladder_means(sig: tuple, run_id: str):
-    """Per layer group, the ladder levels' means with bootstrap CIs (from the stored per-prompt values)."""
-    from sparsescope.stats import split_means
-
-    pairs = " OR ".join(f"(metric = '{m}' AND " + ("threshold IS NULL)" if t != t else f"threshold = {t})")
-                        for m, t in summary.PROFILE_METRICS)
-    rows = ui.table("prompts", [run_id], where=f"split LIKE '%@%' AND site <> 'logits' AND ({pairs})")
-    if rows.empty:
-        return rows
-    groups = summary.layer_groups(rows)
-    out = []
-    for name in dict.fromkeys(rows["split"].str.partition("@")[0]):
-        lad = groups[groups["split"].str.startswith(f"{name}@")]
-        out.append(split_means(lad, n_boot=500).assign(ladder=name))
-    import pandas as pd
-
-    means = pd.concat(out, ignore_index=True)
-    return means.assign(group=means["layer"].map(dict(enumerate(summary.GROUPS))))
+def ladder_figure(run_id: str, metric: str):
+    return report.ladder_bands(ui.table("ladder_means", [run_id], where=f"metric = {ui.quote(metric)}"), metric)
 
 
 st.subheader("Corruption ladders")
 for run_id, col in zip(chosen, ui.columns_for(chosen)):
     with col:
-        means = ladder_means(ui.store.signature(ui.root()), run_id)
-        if means.empty:
-            ui.needs(f"sparsescope scan --ladders shuffle,char_noise  # (run {run_id} has no ladder)",
-                     "corruption ladder")
+        has = ui.complete("scan").set_index("run_id").at[run_id, "tables"]
+        if "ladder_means" not in has:
+            if "trends" in has:  # recorded before the explorer read stored bands
+                ui.needs(f"sparsescope report {run_id} --no-html", f"stored ladder bands for `{run_id}`")
+            else:
+                ui.needs(f"sparsescope scan --ladders shuffle,char_noise  # (run {run_id} has no ladder)",
+                         "corruption ladder")
             continue
-        metric = st.selectbox("Metric", list(dict.fromkeys(means["metric"])), key=f"lad_m_{run_id}")
-        ui.chart(report.ladder_bands(means, metric),
+        metrics = list(ui.sql("ladder_means", [run_id], "SELECT DISTINCT metric FROM t ORDER BY metric")["metric"])
+        metric = st.selectbox("Metric", metrics, index=metrics.index("hoyer") if "hoyer" in metrics else 0,
+                              key=f"lad_m_{run_id}")
+        ui.chart(ui.cached(ladder_figure, run_id, metric),
                  f"{metric} against the share of corrupted tokens, averaged over early / middle / late layers, with "
                  "95 % bootstrap bands over prompts: a rising curve means corruption makes the site sparser.",
                  key=f"lad_{run_id}")
@@ -55,21 +42,38 @@ for run_id, col in zip(chosen, ui.columns_for(chosen)):
             ui.what("Spearman ρ of value vs corruption level per layer group with its CI, and how many layers "
                     "trend up or down.")
 
+
+def family_figure(run_id: str, metric: str, site: str):
+    rows = ui.table("activations", [run_id], where=f"{ui.metric_where(metric)} AND site = {ui.quote(site)}")
+    if not {"id", "ood"} <= set(rows["split"]):
+        return None
+    return figures.family_effects(summary.metric_rows(rows, metric), f"{metric} at {site}: OOD family − ID ({run_id})")
+
+
 st.subheader("Per-family effects")
-acts = ui.table("activations", chosen)
 c = st.columns(2)
-names = ui.metric_names(acts)
+names = ui.metric_names("activations", chosen)
 metric = c[0].selectbox("Metric", names, index=names.index("hoyer") if "hoyer" in names else 0, key="fam_metric")
-site = c[1].selectbox("Site", list(dict.fromkeys(acts["site"])), key="fam_site")
+sites = list(ui.sql("activations", chosen, "SELECT DISTINCT site FROM t ORDER BY site <> 'mlp.hook_post', site")["site"])
+site = c[1].selectbox("Site", sites, key="fam_site")
 for run_id, col in zip(chosen, ui.columns_for(chosen)):
     with col:
-        rows = summary.metric_rows(acts[(acts["run_id"] == run_id) & (acts["site"] == site)], metric)
-        if not {"id", "ood"} <= set(rows["split"]):
+        fig = ui.cached(family_figure, run_id, metric, site)
+        if fig is None:
             st.info(f"`{run_id}` needs both an ID and an OOD suite for this view.")
             continue
-        ui.chart(figures.family_effects(rows, f"{metric} at {site}: OOD family − ID ({run_id})"),
-                 "for each OOD family, its token-weighted mean minus the pooled ID mean at every layer: which kind "
-                 "of unfamiliar text moves sparsity, and where.", key=f"fam_{run_id}")
+        ui.chart(fig, "for each OOD family, its token-weighted mean minus the pooled ID mean at every layer: which "
+                 "kind of unfamiliar text moves sparsity, and where.", key=f"fam_{run_id}")
+
+
+def auroc_figure(run_id: str):
+    return figures.auroc_bars(ui.table("detector", [run_id]))
+
+
+def roc_figure(run_id: str):
+    det, roc = ui.table("detector", [run_id]), ui.table("roc", [run_id])
+    return report.roc_figure(det, roc) if len(roc) else None
+
 
 st.subheader("OOD detector on the sparsity profile")
 for run_id, col in zip(chosen, ui.columns_for(chosen)):
@@ -79,8 +83,14 @@ for run_id, col in zip(chosen, ui.columns_for(chosen)):
             st.info(f"`{run_id}` has no detector table: it needs ≥ 2 OOD families (e.g. `--suites "
                     "prose,random_tokens,multilingual`); `sparsescope report` computes it.")
             continue
-        ui.chart(figures.auroc_bars(det), "AUROC of a logistic regression on per-layer sparsity profiles, tested on "
-                 "an OOD family it never saw, beside the model's own perplexity and max-softmax scores (95 % CI).",
-                 key=f"det_{run_id}")
+        ui.chart(ui.cached(auroc_figure, run_id), "AUROC of a logistic regression on per-layer sparsity "
+                 "profiles, tested on an OOD family it never saw, beside the model's own perplexity and max-softmax "
+                 "scores (95 % CI).", key=f"det_{run_id}")
+        roc = ui.cached(roc_figure, run_id)
+        if roc is None:
+            ui.needs(f"sparsescope report {run_id} --no-html", f"stored ROC points for `{run_id}`")
+        else:
+            ui.chart(roc, "per held-out OOD family, the ROC curve of the sparsity-profile detector against each "
+                     "baseline on the same held-out prompts (dotted: chance); AUROC [95 % CI] in the legend.",
+                     key=f"roc_{run_id}")
         ui.frame(det, key=f"dett_{run_id}")
-st.caption("ROC curves are not stored in the run tables; `sparsescope report <run_id>` draws them in report.html.")

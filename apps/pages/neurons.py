@@ -13,41 +13,60 @@ if not chosen:
     ui.needs(ui.FIRST_RUN, "scan run with per-neuron counters")
     st.stop()
 run_id = chosen[0]
-neurons = ui.table("neurons", [run_id])
-sites = list(dict.fromkeys(neurons["site"]))
+sites = list(ui.sql("neurons", [run_id], "SELECT DISTINCT site FROM t ORDER BY site <> 'mlp.hook_post', site")["site"])
 site = st.selectbox("Site", sites)
-ui.chart(report.fire_freq_histogram(neurons, site),
+at_site = f"metric = 'fire_freq' AND site = {ui.quote(site)}"
+
+
+def histogram(run_id: str, site: str):
+    freqs = ui.table("neurons", [run_id], columns="metric, site, split, value",
+                     where=f"metric = 'fire_freq' AND site = {ui.quote(site)} AND split IN ('id', 'ood')")
+    return report.fire_freq_histogram(freqs, site)
+
+
+def dead_dense(run_id: str):
+    acts = ui.table("activations", [run_id], where="metric IN ('dead_frac', 'dense_frac')")
+    return figures.dead_dense(acts) if len(acts) else None
+
+
+ui.chart(ui.cached(histogram, run_id, site),
          "how many neurons fire on what share of tokens (|x_i| > 0.1·RMS), ID vs OOD, log scale: mass at 0 is dead "
          "neurons, mass near 1 dense ones.", key="hist")
-acts = ui.table("activations", [run_id], where="metric IN ('dead_frac', 'dense_frac')")
-if len(acts):
-    ui.chart(figures.dead_dense(acts), "per layer, the share of neurons that never fired and that fired on more than "
-             "half the tokens, per site and split.", key="deaddense")
+fig = ui.cached(dead_dense, run_id)
+if fig is not None:
+    ui.chart(fig, "per layer, the share of neurons that never fired and that fired on more than half the tokens, "
+             "per site and split.", key="deaddense")
 
 st.subheader("Dead and dense neurons")
-ff = neurons[(neurons["metric"] == "fire_freq") & (neurons["site"] == site)]
-per = ff.groupby(["layer", "index"])["value"].agg(["min", "mean", "max"]).reset_index()
+SHOWN = 500  # rows per table sent to the browser; the counts cover all
+per = (f'SELECT layer, "index", min(value) AS "min", avg(value) AS "mean", max(value) AS "max" FROM t '
+       f'WHERE {at_site} GROUP BY layer, "index"')
+counts = ui.sql("neurons", [run_id], f"SELECT count(*) FILTER (WHERE \"max\" = 0) AS dead, "
+                f"count(*) FILTER (WHERE \"min\" > 0.5) AS dense FROM ({per})").iloc[0]
 c = st.columns(2)
 with c[0]:
-    dead = per[per["max"] == 0]
-    st.markdown(f"**{len(dead)} dead** (never fired on any suite)")
-    ui.frame(dead, key="dead")
+    st.markdown(f"**{counts['dead']} dead** (never fired on any suite)")
+    ui.frame(ui.sql("neurons", [run_id], f'SELECT * FROM ({per}) WHERE "max" = 0 ORDER BY layer, "index" '
+                    f"LIMIT {SHOWN}"), key="dead")
 with c[1]:
-    dense = per[per["min"] > 0.5].sort_values("min", ascending=False)
-    st.markdown(f"**{len(dense)} dense** (fired on > 50 % of tokens on every suite)")
-    ui.frame(dense, key="dense")
-ui.what("neurons whose firing frequency is 0 on every suite (dead) or above 0.5 on every suite (dense), at this site.")
+    st.markdown(f"**{counts['dense']} dense** (fired on > 50 % of tokens on every suite)")
+    ui.frame(ui.sql("neurons", [run_id], f'SELECT * FROM ({per}) WHERE "min" > 0.5 ORDER BY "min" DESC, layer, '
+                    f'"index" LIMIT {SHOWN}'), key="dense")
+ui.what("neurons whose firing frequency is 0 on every suite (dead) or above 0.5 on every suite (dense), at this site"
+        f"; each table shows the first {SHOWN} (sorted by layer, or densest first).")
 
 st.subheader("Search a neuron")
 c = st.columns(2)
-layers = sorted(ff["layer"].unique())
-layer = c[0].selectbox("Layer", layers)
-width = int(ff.loc[ff["layer"] == layer, "index"].max()) + 1
+widths = ui.sql("neurons", [run_id], f'SELECT layer, max("index") + 1 AS width FROM t WHERE {at_site} '
+                "GROUP BY layer ORDER BY layer").set_index("layer")["width"]
+layer = c[0].selectbox("Layer", list(widths.index))
+width = int(widths[layer])
 index = c[1].number_input(f"Index (0–{width - 1})", 0, width - 1, 0)
-hit = neurons[(neurons["site"] == site) & (neurons["layer"] == layer) & (neurons["index"] == index)]
+hit = ui.table("neurons", [run_id], where=f'site = {ui.quote(site)} AND layer = {int(layer)} AND "index" = {int(index)}')
 ui.frame(hit.pivot_table(index=["suite", "split"], columns="metric", values="value").reset_index(), key="hit")
-rank = (per.loc[per["layer"] == layer, "mean"] < float(per.loc[(per["layer"] == layer) & (per["index"] == index),
-                                                                 "mean"].iloc[0])).mean()
+rank = ui.sql("neurons", [run_id], f'WITH m AS ({per}) SELECT avg(CAST(m."mean" < me."mean" AS DOUBLE)) AS below '
+              f'FROM m, (SELECT "mean" FROM m WHERE layer = {int(layer)} AND "index" = {int(index)}) me '
+              f"WHERE m.layer = {int(layer)}")["below"].iloc[0]
 st.caption(f"Mean firing frequency above {rank:.0%} of the neurons of layer {layer} at {site}.")
 ui.what("one neuron's firing frequency and mean |x| on every suite of the run.")
 
@@ -57,8 +76,8 @@ st.info("Token-level values are not stored: the recorder streams per-token stati
 prompt_ids = ui.table("prompts", [run_id], columns="DISTINCT suite, split, prompt_id")
 if len(prompt_ids):
     pid = st.selectbox("Prompt", list(prompt_ids["prompt_id"]), format_func=lambda p: p)
-    rows = ui.table("prompts", [run_id], where=f"prompt_id = '{pid.replace(chr(39), chr(39) * 2)}'")
-    names = ui.metric_names(rows)
+    rows = ui.table("prompts", [run_id], where=f"prompt_id = {ui.quote(pid)}")
+    names = ui.metric_names("prompts", [run_id])
     metric = st.selectbox("Metric", names, index=names.index("hoyer") if "hoyer" in names else 0, key="p_metric")
     m = summary.metric_rows(rows, metric)
     ui.chart(figures.layer_site_heatmap(m, f"{metric} on prompt {pid}"),

@@ -22,6 +22,7 @@ def bench(
     sparsity: float = typer.Option(0.5, help="decode: TEAL sparsity of the uniform sparse configurations."),
     tokens: int = typer.Option(32, help="decode: tokens generated per repeat."),
     cpu_time: bool = typer.Option(False, help="kernels/decode: time by this process's CPU time (OMP_NUM_THREADS=1)."),
+    threads: str = typer.Option("", help="decode: thread counts timed in turn, e.g. 2,1 (default: current)."),
     runs_dir: Optional[Path] = RUNS_DIR,
     prompts: Optional[int] = typer.Option(None, help="Record only the first N prompts of the suite (default: all)."),
     torch_path: bool = typer.Option(False, help="Also time all metrics through the pure-torch path (slow)."),
@@ -38,7 +39,7 @@ def bench(
     if what == "kernels":
         return _bench_kernels(repeats, runs_dir, cpu_time)
     if what == "decode":
-        return _bench_decode(model, plan, sparsity, tokens, repeats, runs_dir, cpu_time)
+        return _bench_decode(model, plan, sparsity, tokens, repeats, runs_dir, cpu_time, threads)
     if what in ("record", "all"):
         _bench_record(model, suite, repeats, prompts, torch_path)
     if what in ("memory", "all"):
@@ -93,16 +94,24 @@ def _bench_kernels(repeats: int, runs_dir, cpu_time: bool) -> None:
               f"({m['config']['threads']} threads); table → {run.path}")
 
 
-def _bench_decode(model: str, plans, sparsity: float, tokens: int, repeats: int, runs_dir, cpu_time: bool) -> None:
+def _bench_decode(model: str, plans, sparsity: float, tokens: int, repeats: int, runs_dir, cpu_time: bool,
+                  threads: str) -> None:
     """Lean-loop decode tokens/s, dense vs sparse/int8/planned, with Δppl (`bench decode`)."""
     from sparsescope import bench as b
-    from sparsescope.show.terminal import decode_table
+    from sparsescope.workflows import parse_floats
+    from sparsescope.show.terminal import decode_table, frame_table
     from sparsescope.store import RunStore
 
     with console.status("decode: lean loop, configurations interleaved") as st:
-        run, table, bound = b.decode_run(RunStore(runs_dir), model, [str(p) for p in plans or []], sparsity, tokens,
-                                         repeats, lambda label: st.update(f"decode: {label}"), cpu_time)
+        plan_files = [str(p) for p in plans or []]
+        run, table, bound, parts = b.decode_run(RunStore(runs_dir), model, plan_files, sparsity, tokens,
+                                                repeats, lambda label: st.update(f"decode: {label}"), cpu_time,
+                                                [int(t) if t == int(t) else t
+                                                 for t in parse_floats(threads, "--threads")])
     show(decode_table(model, table, f"{tokens} tokens, medians of {repeats}"))
+    if len(parts):
+        show(frame_table(parts.pivot(index="component", columns="config", values="ms_per_token"),
+                         "where a token's time goes in the fused loop (ms per token, median over tokens)"))
     out.print(f"Amdahl: the LM head is {bound['head_fraction']:.0%} of the weight bytes per token and is not "
               f"input-sparse: activation sparsity {sparsity:.0%} on every block linear can give at most "
               f"{bound['bound_at_s']:.2f}x, any sparsity at most {bound['bound_any_s']:.2f}x (bytes-bound).")

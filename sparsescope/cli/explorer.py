@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 from pathlib import Path
 from typing import Optional
 
@@ -32,6 +33,15 @@ def check_port(host: str, port: int) -> None:
         except OSError as e:
             raise UserError(f"port {port} on {host} is in use or not allowed ({e.strerror}); "
                             f"pass a free one with --port, e.g. --port {port + 1}") from None
+
+
+def _preload() -> None:
+    """Import what the pages use while the server starts, so the first visitor does not wait for it (seconds)."""
+    import duckdb  # noqa: F401
+    import plotly.express  # noqa: F401
+
+    from sparsescope.harvest import summary  # noqa: F401
+    from sparsescope.show import compare, figures, harvest, report, runs  # noqa: F401
 
 
 @app.command("app")
@@ -60,6 +70,7 @@ def explorer(
     flags = {"server_address": host, "server_port": port, "server_headless": not browser,
              "browser_gatherUsageStats": False, "server_fileWatcherType": "none", "server_runOnSave": False,
              "client_toolbarMode": "viewer", "global_developmentMode": False}
+    threading.Thread(target=_preload, name="explorer-preload", daemon=True).start()
     st_config._main_script_path = str(EXPLORER)
     bootstrap.load_config_options(flag_options=flags)
     console.print(f"sparsescope explorer on http://{host}:{port} (runs: {root}); Ctrl-C stops it")

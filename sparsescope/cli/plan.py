@@ -26,7 +26,8 @@ def plan_cmd(
     output: Optional[Path] = typer.Option(None, "--out", help="Also write the plan YAML here."),
     text: str = typer.Option("heldout", help="Evaluation text: 'heldout' or a UTF-8 file."),
     calibration: str = typer.Option("calibration", help="Calibration text (TEAL thresholds, quality estimates)."),
-    cpu_time: bool = typer.Option(False, help="--apply: time by this process's CPU time (OMP_NUM_THREADS=1)."),
+    cpu_time: bool = typer.Option(False, help="Time by this process's CPU time (OMP_NUM_THREADS=1)."),
+    pricing: str = typer.Option("loop", help="loop: time each choice in the fused decode loop; kernels: alone."),
     runs_dir: Optional[Path] = RUNS_DIR,
 ):
     """Harvest plan: per linear dense / sparse / int8 / int8+sparse, maximising measured time saved in a budget."""
@@ -37,7 +38,7 @@ def plan_cmd(
     with Bar("plan", "steps") as bar:
         run, result, tables = workflows.plan(RunStore(runs_dir), model, budget, sparsities, int8, eval_tokens, rounds,
                                              teal, apply, tokens, repeats, output, text, calibration, cpu_time,
-                                             load=load, progress=bar)
+                                             load=load, progress=bar, pricing=pricing)
     note(run.manifest["weights_note"])
     for table in plan_tables(run.manifest["model"], result, tables.get("decode")):
         show(table)

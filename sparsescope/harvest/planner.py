@@ -25,6 +25,7 @@ import contextlib
 import functools
 import json
 import math
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -38,7 +39,7 @@ import yaml
 from sparsescope.errors import UserError
 from sparsescope.eval import Evaluator
 from sparsescope.harvest.compare import compute_constants, linear_shapes
-from sparsescope.harvest.decode import dense_configs, head, measure
+from sparsescope.harvest.decode import DecodeConfig, dense_configs, head, measure
 from sparsescope.intervene import Plan, Rule, apply
 from sparsescope.kernels.sparse import quantize_int8
 from sparsescope.kernels.timing import TORCH_DENSE, time_cases
@@ -49,6 +50,8 @@ from sparsescope.cost import LinearCost, energy
 from sparsescope.levers.teal import teal_threshold, threshold_input
 
 HEAD = "lm_head"  # the table's site name for the (tied) LM head, layer -1
+PRICINGS = ("loop", "kernels")
+LOOP_REPEATS = 3  # interleaved passes over the choices when pricing in the loop (medians over all their tokens)
 COLD_BYTES = 48 << 20  # weight copies cycled while timing: more than this CPU's 32 MiB L3
 
 
@@ -66,14 +69,20 @@ class PlannerConfig:
     rounds: int = 4  # measured re-solves of our plan (and of TEAL's target search)
     repeats: int = 9  # timing repeats per (shape, choice)
     compare_teal: bool = True  # also plan TEAL's greedy allocation and ours without int8, for comparison
+    pricing: str = "loop"  # loop: time every choice inside the fused decode loop; kernels: each kernel alone
+    loop_tokens: int = 16  # decoded tokens per choice and repeat when pricing in the loop
+    clock: str = "wall"  # loop pricing clock: wall, or cpu (this thread's CPU time; one thread on a busy machine)
 
     def __post_init__(self) -> None:
         if not (isinstance(self.budget, (int, float)) and math.isfinite(self.budget)) or self.budget < 0:
             raise UserError(f"budget {self.budget!r} must be ≥ 0 (a relative perplexity increase: 0.05 = 5 %)")
         if not self.sparsities or not all(0 < s < 1 for s in self.sparsities):
             raise UserError(f"sparsities must lie in (0, 1), got {list(self.sparsities)}; pass e.g. 0.3,0.5,0.7")
-        if self.rounds < 1 or self.repeats < 1:
-            raise UserError("rounds and repeats must be ≥ 1")
+        if self.rounds < 1 or self.repeats < 1 or self.loop_tokens < 1:
+            raise UserError("rounds, repeats and loop_tokens must be ≥ 1")
+        if self.pricing not in PRICINGS or self.clock not in ("wall", "cpu"):
+            raise UserError(f"pricing {self.pricing!r} / clock {self.clock!r}: choose pricing from "
+                            f"{', '.join(PRICINGS)} and clock wall or cpu")
 
 
 def parse_budget(value: str | float) -> float:
@@ -89,9 +98,10 @@ def parse_budget(value: str | float) -> float:
 
 
 def n_steps(lm: LoadedModel, cfg: PlannerConfig) -> int:
-    """Progress ticks ``plan`` makes at most: estimates, one per timed shape, one per measured round."""
+    """Progress ticks ``plan`` makes at most: estimates, the timing steps, one per measured round."""
     shapes = {*linear_shapes(lm).values(), tuple(lm.model.get_output_embeddings().weight.shape[::-1])}
-    return 1 + len(shapes) + cfg.rounds * (3 if cfg.compare_teal else 1)
+    timing = LOOP_REPEATS * len(choices(cfg)) if cfg.pricing == "loop" else len(shapes)
+    return 1 + timing + cfg.rounds * (3 if cfg.compare_teal else 1)
 
 
 def choices(cfg: PlannerConfig, is_head: bool = False) -> dict[str, tuple[str, float]]:
@@ -123,6 +133,48 @@ def kernel_times(shapes: Sequence[tuple[int, int]], cfg: PlannerConfig, progress
         if progress:
             progress(f"timed {shape[0]}x{shape[1]}")
     return out
+
+
+def loop_times(lm: LoadedModel, calibration: dict, cfg: PlannerConfig, prompt: list[int], progress=None
+               ) -> dict[str, dict[str, float]]:
+    """``{linear name: {choice: seconds per token}}`` timed inside the fused decode loop (``"lm_head"`` too).
+
+    Each choice is applied to every block linear at once (and to the head where the head offers it) and decoded
+    for ``loop_tokens`` tokens with the loop's per-linear profile on; the choices take turns over
+    ``LOOP_REPEATS`` passes, and each (linear, choice) keeps the median over all its tokens. So a choice is
+    priced with the cache state, thread hand-offs and real activations of decode, not as a kernel timed alone —
+    whose times do not add up to the loop's. ``dense`` is our fp32 GEMV, what a dense linear runs in this loop.
+    """
+    from sparsescope.harvest.decode import SLOTS, LeanDecoder
+
+    tick = progress or (lambda label: None)
+    slot = {}
+    for name in linear_shapes(lm):
+        layer, ws = parse_site(name)
+        block = lm.model.model.layers[layer]
+        mods = (block.self_attn.q_proj, block.self_attn.k_proj, block.self_attn.v_proj, block.self_attn.o_proj,
+                block.mlp.gate_proj, block.mlp.up_proj, block.mlp.down_proj)
+        slot[name] = f"{layer}.{SLOTS[next(i for i, m in enumerate(mods) if m is lm.sites.linear(layer, ws))]}"
+    head_choices = choices(cfg, is_head=True)
+    samples: dict[str, dict[str, list[float]]] = {n: {} for n in [*slot, HEAD]}
+    for r in range(LOOP_REPEATS):
+        for choice, (fmt, s) in choices(cfg).items():
+            plan = Plan([]) if choice == "dense" else Plan([Rule("sparse", {"sparsity": s, "weights": fmt})])
+            with apply(lm, plan, calibration), head(lm, fmt if choice in head_choices else "fp32"):
+                decoder = LeanDecoder(lm, len(prompt) + cfg.loop_tokens, fused=True)
+                decoder.profile = cfg.clock
+                decoder.prefill(prompt)
+                decoder.take_profile()
+                token = prompt[-1]
+                for pos in range(len(prompt) - 1, len(prompt) - 1 + cfg.loop_tokens):
+                    token = int(decoder.step(token, pos).argmax())
+                    prof = decoder.take_profile()
+                    for name, key in slot.items():
+                        samples[name].setdefault(choice, []).append(prof[key])
+                    if choice in head_choices:
+                        samples[HEAD].setdefault(choice, []).append(prof["head"])
+            tick(f"loop-timed {choice} (pass {r + 1})")
+    return {name: {c: statistics.median(v) for c, v in by.items()} for name, by in samples.items()}
 
 
 def _capture(lm: LoadedModel, names: dict[str, torch.nn.Module], ids: torch.Tensor):
@@ -198,14 +250,16 @@ def candidates(lm: LoadedModel, cfg: PlannerConfig, times: dict, est: dict) -> p
     shapes = linear_shapes(lm) | {HEAD: tuple(lm.model.get_output_embeddings().weight.shape[::-1])}
     rows = []
     for name, (n_in, n_out) in shapes.items():
-        t = times[(n_in, n_out)]
-        ours_dense = t[("ours", "fp32", 0.0)]
-        best = min(t[TORCH_DENSE], ours_dense)
+        in_loop = name in times  # loop_times: by linear and choice; kernel_times: by shape and case
+        t = times[name] if in_loop else times[(n_in, n_out)]
+        ours_dense = t["dense"] if in_loop else t[("ours", "fp32", 0.0)]
+        best = ours_dense if in_loop else min(t[TORCH_DENSE], ours_dense)
         layer, site = (-1, HEAD) if name == HEAD else parse_site(name)
         dense_bytes = n_in * n_out * 4
         for choice, (fmt, s) in choices(cfg, name == HEAD).items():
-            kernel = choice != "dense" or ours_dense < t[TORCH_DENSE]
-            seconds = t[("ours", fmt, s)] if choice != "dense" else best
+            # a dense block linear runs our fp32 GEMV in the fused loop unasked; the head must be packed for it
+            kernel = choice != "dense" or (name == HEAD if in_loop else ours_dense < t[TORCH_DENSE])
+            seconds = t[choice] if in_loop else t[("ours", fmt, s)] if choice != "dense" else best
             params = {"sparsity": s, "weights": fmt} if kernel else {}
             rows.append({"layer": layer, "site": site, "name": name, "choice": choice, "params": json.dumps(params),
                          "in_features": n_in, "out_features": n_out, "seconds": seconds,
@@ -420,7 +474,16 @@ def plan(lm: LoadedModel, heldout: str | Sequence[str], calibration_text: str, c
     est = quality_estimates(lm, text, calibration, cfg)
     tick("quality estimates")
     head_shape = tuple(lm.model.get_output_embeddings().weight.shape[::-1])
-    times = times or kernel_times([*linear_shapes(lm).values(), head_shape], cfg, tick)
+    pricing = "given" if times else cfg.pricing
+    if pricing == "loop":
+        why = fused_unavailable(lm)
+        if why:
+            pricing = f"kernels (the fused loop cannot run: {why})"
+    if pricing == "loop":
+        prompt = lm.tokenizer(text)["input_ids"][:8]
+        times = loop_times(lm, calibration, cfg, prompt, tick)
+    elif pricing != "given":
+        times = kernel_times([*linear_shapes(lm).values(), head_shape], cfg, tick)
     table = candidates(lm, cfg, times, est)
     budget_nll = math.log1p(cfg.budget)
 
@@ -442,7 +505,8 @@ def plan(lm: LoadedModel, heldout: str | Sequence[str], calibration_text: str, c
     hp.notes = {"budget_rel_ppl": cfg.budget, "dense_ppl": evaluator.dense_ppl,
                 "measured_ppl": measured["ppl"], "measured_rel_delta_ppl": measured["rel_delta_ppl"],
                 "predicted_time_saved_ms": 1e3 * float(table.loc[mask, "time_saved_s"].sum()),
-                "eval_tokens": evaluator.n_tokens, "config": json.loads(json.dumps(asdict(cfg)))}
+                "eval_tokens": evaluator.n_tokens, "pricing": pricing,
+                "config": json.loads(json.dumps(asdict(cfg)))}
     rows = []
     for who, (m, meas, tried) in results.items():
         rows.append({"planner": who, "time_saved_ms": 1e3 * float(table.loc[m, "time_saved_s"].sum()),
@@ -450,6 +514,17 @@ def plan(lm: LoadedModel, heldout: str | Sequence[str], calibration_text: str, c
                      "rel_delta_ppl": meas["rel_delta_ppl"], "kl": meas["kl"], "evaluations": max(len(tried), 1)})
     rounds = pd.DataFrame([t for _, _, tried in results.values() for t in tried])
     return PlanResult(hp, table, pd.DataFrame(rows), rounds, evaluator.dense_ppl)
+
+
+def fused_unavailable(lm: LoadedModel) -> str:
+    """Why the fused decode loop cannot run this model here ('' when it can)."""
+    from sparsescope.harvest.decode import LeanDecoder
+
+    try:
+        decoder = LeanDecoder(lm, 2)
+    except UserError as e:
+        return str(e)
+    return decoder.why_not_fused
 
 
 def decode_check(lm: LoadedModel, hp: HarvestPlan, heldout: str | Sequence[str], calibration_text: str,
@@ -462,6 +537,6 @@ def decode_check(lm: LoadedModel, hp: HarvestPlan, heldout: str | Sequence[str],
     evaluator.reference()
     calibration = calibrate(lm, calibration_text, max_tokens=cfg.calib_tokens)
     text = heldout if isinstance(heldout, str) else "\n\n".join(heldout)
-    configs = dense_configs() | {"planned": (hp.plan, hp.lm_head)}
+    configs = dense_configs() | {"planned": DecodeConfig(hp.plan, hp.lm_head)}
     return measure(lm, configs, lm.tokenizer(text)["input_ids"][:16], n_new, repeats, evaluator, calibration,
                    progress=progress, clock=time.process_time if cpu_time else time.perf_counter)

@@ -210,8 +210,16 @@ def stats_html(stats: dict[str, pd.DataFrame]) -> list[str]:
     return body
 
 
-def roc_figure(results: pd.DataFrame) -> go.Figure:
-    """ROC curves of `leave_family_out` results: one panel per held-out family, AUROC [CI] in the legend."""
+def roc_figure(results: pd.DataFrame, roc: pd.DataFrame | None = None) -> go.Figure:
+    """ROC curves of `leave_family_out` results: one panel per held-out family, AUROC [CI] in the legend.
+
+    `roc`: the points as the run store keeps them (`ood.roc_table`: family, method, point, fpr, tpr), for a stored
+    `detector` table, which has no fpr/tpr arrays."""
+    if roc is not None:
+        curves = {k: g.sort_values("point") for k, g in roc.groupby(["family", "method"], sort=False)}
+        keys = list(zip(results["family"], results["method"]))
+        results = results.assign(fpr=[curves[k]["fpr"].to_numpy() for k in keys],
+                                 tpr=[curves[k]["tpr"].to_numpy() for k in keys])
     families = list(dict.fromkeys(results["family"]))
     titles = [f"held out: {f}" for f in families]
     fig = make_subplots(rows=1, cols=len(families), subplot_titles=titles, shared_yaxes=True)

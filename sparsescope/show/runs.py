@@ -1,7 +1,7 @@
 """The run store as the explorer sees it: a catalogue of runs (complete or not) and tables of chosen runs.
 
-Every read goes through `sparsescope.store` (`RunStore` for the catalogue, `query` — DuckDB over the complete
-runs' Parquet files — for tables), so a half-written or damaged run is listed with its reason and never read.
+The catalogue comes from `sparsescope.store.RunStore`; tables are read with DuckDB from the chosen complete runs'
+Parquet files only, so a half-written or damaged run is listed with its reason and never read.
 """
 
 from __future__ import annotations
@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..store import RunStore, query
+import duckdb
+
+from ..store import RunDir, RunStore
 
 CATALOG_COLUMNS = ["run_id", "kind", "model", "status", "created", "problem", "tables"]
 
@@ -42,30 +44,56 @@ def signature(root: Path | str | None) -> tuple:
     return tuple(out)
 
 
-def _sql_str(text: str) -> str:
+def sql_str(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
 def load(root: Path | str | None, table: str, run_ids: list[str] | tuple[str, ...], columns: str = "*",
-         where: str = "") -> pd.DataFrame:
+         where: str = "", order: str = "") -> pd.DataFrame:
     """Rows of `table` from the given complete runs, with a `run_id` column (derived from the file when the table
     has none). Runs without the table are skipped; no run with it gives an empty frame.
 
-    `columns` and `where` are SQL fragments written by the app itself (never user text).
+    Only the chosen runs' files are read (DuckDB pushes `columns` and `where` into the Parquet scan), so a page
+    pays for the rows and columns it draws, not for the store. `columns`, `where` and `order` are SQL fragments
+    written by the app itself (never user text); aggregations go through `sql`.
     """
-    store = RunStore(root)
-    ok = {r.run_id: r for r in store.runs() if r.run_id in set(run_ids) and r.problem() is None
-          and table in r.manifest["tables"]}
-    if not ok:
+    files = _files(root, table, run_ids)
+    if not files:
         return pd.DataFrame()
-    files = ", ".join(_sql_str(str((r.path / f"{table}.parquet").resolve())) for r in ok.values())
-    sql = f'SELECT {columns}, filename FROM "{table}" WHERE filename IN ({files})'
-    sql += f" AND ({where})" if where else ""
-    df = query(sql, store.root)
+    columns = columns if columns.strip() == "*" else f"{columns}, filename"  # `*` holds filename already
+    sql = f"SELECT {columns} FROM read_parquet([{', '.join(map(sql_str, files))}], " \
+          "union_by_name = true, filename = true)"
+    sql += f" WHERE {where}" if where else ""
+    sql += f" ORDER BY {order}" if order else ""
+    with duckdb.connect() as con:
+        df = con.execute(sql).df()
     run_id = df.pop("filename").map(lambda f: Path(f).parent.name)
     if "run_id" not in df.columns:
         df.insert(0, "run_id", run_id)
     return df
+
+
+def sql(root: Path | str | None, table: str, run_ids: list[str] | tuple[str, ...], select: str) -> pd.DataFrame:
+    """Any query over the chosen runs' rows of `table`, seen as a view `t` (with `filename`): for aggregations
+    (histograms, group-bys) computed in DuckDB so only their result reaches the page. Empty frame when no chosen
+    run has the table. `select` is written by the app itself (never user text)."""
+    files = _files(root, table, run_ids)
+    if not files:
+        return pd.DataFrame()
+    with duckdb.connect() as con:
+        con.execute(f"CREATE VIEW t AS SELECT * FROM read_parquet([{', '.join(map(sql_str, files))}], "
+                    "union_by_name = true, filename = true)")
+        return con.execute(select).df()
+
+
+def _files(root: Path | str | None, table: str, run_ids) -> list[str]:
+    """The `table` files of the chosen runs that are complete and hold it (a damaged run is never read)."""
+    store, files = RunStore(root), []
+    for run_id in dict.fromkeys(run_ids):
+        run = RunDir(store.root / run_id)
+        if run.problem() is None and table in run.manifest["tables"]:
+            files.append(str((run.path / f"{table}.parquet").resolve()))
+    return files
 
 
 def manifest(root: Path | str | None, run_id: str) -> dict:

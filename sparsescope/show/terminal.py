@@ -155,7 +155,8 @@ def kernel_tables(table: pd.DataFrame) -> list[Table]:
 
 def decode_table(model: str, table: pd.DataFrame, what: str) -> Table:
     """Decode speed and quality per configuration (speed-up vs the faster dense lean loop)."""
-    cols = [c for c in ("ms_per_token", "tokens_per_s", "speedup", "ppl", "rel_delta_ppl", "kl") if c in table]
+    cols = [c for c in ("threads", "ms_per_token", "tokens_per_s", "speedup", "ppl", "rel_delta_ppl", "kl", "loop")
+            if c in table]
     return frame_table(table.set_index("config")[cols], f"{model}: batch-1 decode, lean loop, {what}")
 
 
@@ -168,7 +169,8 @@ def plan_tables(model: str, result, decode: pd.DataFrame | None = None) -> list[
                                f"{n['measured_rel_delta_ppl']:+.2%} ppl ({n['dense_ppl']:.3f} → "
                                f"{n['measured_ppl']:.3f}), budget {n['budget_rel_ppl']:.1%}"),
            frame_table(result.comparison.set_index("planner"), "planners at the same budget (time saved per token: "
-                                                                 "predicted from this machine's kernel timings)")]
+                                                                 f"predicted from this machine's timings, priced by "
+                                                                 f"{n.get('pricing', 'kernels')})")]
     if decode is not None:
         out.append(decode_table(model, decode, "dense vs planned"))
     return out
