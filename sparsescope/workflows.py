@@ -513,19 +513,22 @@ def circuits_discover(store: RunStore, model: str, tasks: str, cfg, save: Path |
     return run, tables, time.perf_counter() - start
 
 
-def circuits_compare(store: RunStore, model: str, tasks: str, cfg, prune: str = "magnitude,wanda",
-                     sparsity: str | None = None, neurons: bool = True, clusters: int = 8,
+def circuits_compare(store: RunStore, model: str, tasks: str, cfg, prune: str = "magnitude",
+                     sparsity: str | float | None = None, neurons: bool = True, clusters: int = 8,
                      load: Callable = load_model, progress: Progress = _quiet):
     """A circuits run comparing tasks' circuits (overlap), circuit neurons' firing and co-activation clusters, and
     dense vs pruned circuits for every method of ``prune`` (``sparsity``: one value per method, default each method's
-    knee from the newest weights run). Returns ``(run, tables, seconds)``."""
+    knee from the newest weights run; a number: that sparsity for every method). Returns ``(run, tables, seconds)``."""
     from sparsescope.circuits.study import compare_pruned, knee_sparsity, make_patcher, work
 
     names = _task_names(tasks)
     if len(names) < 2:
         raise UserError("compare needs at least two tasks to measure overlap; pass e.g. --tasks ioi,induction")
     methods = split_list(prune) or []
-    values = parse_floats(sparsity, "--sparsity") if sparsity else [knee_sparsity(store, m) for m in methods]
+    if isinstance(sparsity, (int, float)):  # one number: the same sparsity for every method
+        values = [float(sparsity)] * len(methods)
+    else:
+        values = parse_floats(sparsity, "--sparsity") if sparsity else [knee_sparsity(store, m) for m in methods]
     if len(values) != len(methods):
         raise UserError(f"--sparsity gives {len(values)} values for {len(methods)} prune methods ({prune}); give one "
                         "per method, e.g. --prune magnitude,wanda --sparsity 0.147,0.156")
