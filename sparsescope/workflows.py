@@ -496,18 +496,18 @@ def circuits_discover(store: RunStore, model: str, tasks: str, cfg, save: Path |
                       load: Callable = load_model, progress: Progress = _quiet):
     """A circuits run: every method's ranking, circuit and held-out scores per task (``save``: one circuit JSON per
     task and method). Returns ``(run, tables, seconds)``."""
-    from sparsescope.circuits.patch import Patcher
-    from sparsescope.circuits.study import run_discovery, save_circuit, work
+    from sparsescope.circuits.study import make_patcher, run_discovery, save_circuit, work
 
     names = _task_names(tasks)
     store.check_writable()
     start = time.perf_counter()
     lm = load(model)
-    total = work(cfg, Patcher(lm, cfg.level, "zero").n_nodes) * len(names)
+    total = work(cfg, make_patcher(lm, cfg.level, "zero").n_nodes) * len(names)
     tables = run_discovery(lm, names, cfg, lambda k: progress(k, total))
     if save:
         save.mkdir(parents=True, exist_ok=True)
-        for (task, method), c in tables["circuit"].groupby(["task", "method"]):
+        chosen = tables["edges"][tables["edges"]["in_circuit"]] if cfg.level == "edges" else tables["circuit"]
+        for (task, method), c in chosen.groupby(["task", "method"]):
             save_circuit(save / f"{task}.{method}.json", lm, c, cfg.level)
     run = _circuits_run(store, lm, {"command": "discover", "model": model, "tasks": names, "discover": asdict(cfg)},
                         tables, start)
@@ -515,25 +515,33 @@ def circuits_discover(store: RunStore, model: str, tasks: str, cfg, save: Path |
 
 
 def circuits_compare(store: RunStore, model: str, tasks: str, cfg, prune: str = "magnitude",
-                     sparsity: float | None = None, neurons: bool = True, load: Callable = load_model,
-                     progress: Progress = _quiet):
-    """A circuits run comparing tasks' circuits (overlap), circuit neurons' firing, and dense vs pruned circuits
-    (``sparsity`` defaults to the newest weights run's knee). Returns ``(run, tables, seconds)``."""
-    from sparsescope.circuits.patch import Patcher
-    from sparsescope.circuits.study import compare_pruned, knee_sparsity, work
+                     sparsity: str | float | None = None, neurons: bool = True, clusters: int = 8,
+                     load: Callable = load_model, progress: Progress = _quiet):
+    """A circuits run comparing tasks' circuits (overlap), circuit neurons' firing and co-activation clusters, and
+    dense vs pruned circuits for every method of ``prune`` (``sparsity``: one value per method, default each method's
+    knee from the newest weights run; a number: that sparsity for every method). Returns ``(run, tables, seconds)``."""
+    from sparsescope.circuits.study import compare_pruned, knee_sparsity, make_patcher, work
 
     names = _task_names(tasks)
     if len(names) < 2:
         raise UserError("compare needs at least two tasks to measure overlap; pass e.g. --tasks ioi,induction")
+    methods = split_list(prune) or []
+    if isinstance(sparsity, (int, float)):  # one number: the same sparsity for every method
+        values = [float(sparsity)] * len(methods)
+    else:
+        values = parse_floats(sparsity, "--sparsity") if sparsity else [knee_sparsity(store, m) for m in methods]
+    if len(values) != len(methods):
+        raise UserError(f"--sparsity gives {len(values)} values for {len(methods)} prune methods ({prune}); give one "
+                        "per method, e.g. --prune magnitude,wanda --sparsity 0.147,0.156")
     store.check_writable()
-    sparsity = knee_sparsity(store, prune) if sparsity is None else sparsity
     start = time.perf_counter()
     lm = load(model)
-    total = len(names) * (2 * work(cfg, Patcher(lm, "heads", "zero").n_nodes)
-                          + (work(cfg, Patcher(lm, "neurons", "zero").n_nodes) if neurons else 0))
-    tables = compare_pruned(lm, names, cfg, prune, sparsity, lambda k: progress(k, total), neurons)
-    config = {"command": "compare", "model": model, "tasks": names, "prune": prune, "sparsity": sparsity,
-              "neurons": neurons, "discover": asdict(cfg)}
+    total = len(names) * ((1 + len(methods)) * work(cfg, make_patcher(lm, "heads", "zero").n_nodes)
+                          + (work(cfg, make_patcher(lm, "neurons", "zero").n_nodes) if neurons else 0))
+    prunes = dict(zip(methods, values))
+    tables = compare_pruned(lm, names, cfg, prunes, lambda k: progress(k, total), neurons, clusters)
+    config = {"command": "compare", "model": model, "tasks": names, "prune": prunes, "neurons": neurons,
+              "clusters": clusters, "discover": asdict(cfg)}
     run = _circuits_run(store, lm, config, tables, start)
     return run, tables, time.perf_counter() - start
 

@@ -289,3 +289,16 @@ def test_overlap_is_jaccard_per_layer_and_overall():
     circuit = pd.DataFrame(rows, columns=["task", "layer", "kind", "index"]).assign(method="eap_ig", variant="dense")
     got = overlap(circuit).set_index("layer")["jaccard"].to_dict()
     assert got == {-1: 1 / 4, 0: 1 / 2, 1: 0.0}  # {a} ∩ {b} = {L0H2}; union: L0H1, L0H2, L1.mlp, L1H0
+
+
+def test_smallest_circuit_at_target_is_found_at_any_size():
+    """A fake patcher whose metric is the kept share: f(k) = k / n, so the fewest nodes reaching 0.8 is ⌈0.8 n⌉."""
+    class Linear:
+        n_nodes = 137
+
+        def metric(self, prepared, keep):
+            return float(keep.sum()) / self.n_nodes
+    curve = scores.Curve(Linear(), None, torch.arange(137.0), scores.Ends(1.0, 0.0))
+    assert curve.smallest() == 137  # MIB sizes: 50 % (69 nodes) fails, so 100 %
+    assert curve.smallest_k() == 110 == int(np.ceil(0.8 * 137))
+    assert len(curve.metric) < 20  # bisection, not a scan

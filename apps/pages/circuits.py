@@ -37,6 +37,15 @@ if len(effects):
     ui.chart(figures.effect_heatmap(e, f"{task}: {method} effect per {kind}"),
              "the effect of each component on the task metric (blue: removing it hurts, red: removing it helps).",
              key="effects")
+edges = ui.table("edges", [run_id])
+if len(edges):
+    from sparsescope.show.circuits import circuit_graph
+
+    c = st.columns(2)
+    task = c[0].selectbox("Task", list(dict.fromkeys(edges["task"])), key="edge_task")
+    method = c[1].selectbox("Method", list(dict.fromkeys(edges["method"])), key="edge_method")
+    ui.chart(circuit_graph(edges, task, method), "the edge circuit: which component's output feeds which "
+             "component's input (line width: |effect| of patching that edge alone).", key="graph")
 faith = ui.table("faithfulness", [run_id])
 if len(faith):
     ui.chart(figures.faithfulness_curves(of_variant(faith)), "how much of the full model's task behaviour a circuit keeping "

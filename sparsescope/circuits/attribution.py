@@ -18,7 +18,7 @@ from contextlib import contextmanager
 
 import torch
 
-from sparsescope.circuits.patch import Group, Patcher
+from sparsescope.circuits.patch import Patcher, final_logits
 from sparsescope.errors import UserError
 
 METHODS = ("exact", "eap", "eap_ig")
@@ -57,7 +57,7 @@ def _embeddings(patcher: Patcher, ids: torch.Tensor, mask: torch.Tensor) -> torc
     handle = patcher.lm.sites.attach(0, "hook_resid_pre", lambda x: out.append(x.detach().clone()))
     try:
         with torch.no_grad():
-            patcher._logits(ids, mask)
+            final_logits(patcher.lm, ids, mask)
     finally:
         handle.remove()
     return out[0]
@@ -73,7 +73,7 @@ def attribute(patcher: Patcher, prepared, steps: int = 1,
     with frozen(patcher.lm.model):
         for batch, refs in prepared:
             clean = patcher.capture(batch.clean, batch.mask)
-            direction: dict[Group, torch.Tensor] = {g: refs[g] - clean[g] for g in patcher.groups}
+            direction = patcher.directions(refs, clean)
             if steps > 1:
                 e_clean = _embeddings(patcher, batch.clean, batch.mask)
                 e_corrupt = _embeddings(patcher, batch.corrupt, batch.mask)

@@ -77,13 +77,25 @@ def _width(lm: LoadedModel, site: str, kind: str) -> tuple[int, int]:
     return 1, int(d_model)
 
 
+def final_logits(lm: LoadedModel, ids: torch.Tensor, mask: torch.Tensor,
+                 last: torch.Tensor | None = None) -> torch.Tensor | None:
+    """Logits ``[B, vocab]`` at each prompt's ``last`` token only: the unembedding of the other positions is
+    skipped (a fifth of SmolLM2's forward). With ``last=None`` the forward runs for its hooks and returns None."""
+    rows = torch.arange(len(ids))
+    if lm.kind == "hooked":
+        logits = lm.model(ids, return_type="logits")
+        return None if last is None else logits[rows, last]
+    hidden = lm.model.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+    return None if last is None else lm.model.get_output_embeddings()(hidden[rows, last])
+
+
 class Patcher:
     """Ablate or patch any set of nodes of one level (``heads``, ``neurons`` or ``layers``) of a model."""
 
     def __init__(self, lm: LoadedModel, level: str = "heads", ablation: str = "counterfactual",
                  reference: TaskData | None = None, batch_size: int = 32):
         if level not in LEVELS:
-            raise UserError(f"unknown level {level!r}; choose from: {', '.join(LEVELS)}")
+            raise UserError(f"unknown level {level!r}; choose from: {', '.join(LEVELS)}, edges")
         if ablation not in ABLATIONS:
             raise UserError(f"unknown ablation {ablation!r}; choose from: {', '.join(ABLATIONS)}")
         if ablation == "mean" and reference is None:
@@ -106,14 +118,7 @@ class Patcher:
 
     # -- forward passes ----------------------------------------------------------------------------------------------
     def _logits(self, ids: torch.Tensor, mask: torch.Tensor, last: torch.Tensor | None = None) -> torch.Tensor | None:
-        """Logits ``[B, vocab]`` at each prompt's ``last`` token only: the unembedding of the other positions is
-        skipped (a fifth of SmolLM2's forward). With ``last=None`` the forward runs for its hooks and returns None."""
-        rows = torch.arange(len(ids))
-        if self.lm.kind == "hooked":
-            logits = self.lm.model(ids, return_type="logits")
-            return None if last is None else logits[rows, last]
-        hidden = self.lm.model.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-        return None if last is None else self.lm.model.get_output_embeddings()(hidden[rows, last])
+        return final_logits(self.lm, ids, mask, last)
 
     @contextmanager
     def _hooks(self, fn) -> Iterator[None]:
@@ -172,6 +177,10 @@ class Patcher:
         if self.ablation == "mean":
             return self.means  # type: ignore[return-value]
         return {g: torch.zeros(g.units * g.width) for g in self.groups}
+
+    def directions(self, refs: dict[Group, torch.Tensor], clean: dict[Group, torch.Tensor]) -> dict[Group, torch.Tensor]:
+        """δ = reference − clean activation per node site: the fixed direction attribution differentiates along."""
+        return {g: refs[g] - clean[g] for g in self.groups}
 
     def forward(self, batch: Batch, keep: torch.Tensor | None = None, refs: dict | None = None,
                 direction: dict | None = None, coef: torch.Tensor | None = None,

@@ -93,6 +93,21 @@ class Curve:
         return ks[lo]
 
 
+    def smallest_k(self, sizes: tuple[float, ...] = SIZES_PCT, target: float = TARGET) -> int:
+        """Fewest nodes (any count, not only MIB's sizes) whose top-k circuit reaches ``target``: the smallest MIB
+        size first, then bisection between it and the MIB size below it (which fails)."""
+        hi = self.smallest(sizes, target)
+        lo = max([n_components(pct, self.patcher.n_nodes) for pct in sizes
+                  if n_components(pct, self.patcher.n_nodes) < hi], default=0)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if self.f(mid) >= target:
+                hi = mid
+            else:
+                lo = mid
+        return hi
+
+
 def faithfulness_curve(patcher: Patcher, prepared, scores: torch.Tensor, e: Ends,
                        sizes: tuple[float, ...] = SIZES_PCT, progress: Callable[[int], None] | None = None
                        ) -> pd.DataFrame:

@@ -20,6 +20,7 @@ import torch
 from scipy.stats import spearmanr
 
 from sparsescope.circuits import attribution, scores
+from sparsescope.circuits.edges import EdgePatcher
 from sparsescope.circuits.mask import MaskConfig, learn_mask
 from sparsescope.circuits.patch import Patcher, shape_of
 from sparsescope.circuits.tasks import TASKS, Pair, Performance, TaskData, check_task, make_task, performance
@@ -35,7 +36,7 @@ class DiscoverConfig:
     """What a discovery run does."""
 
     methods: tuple[str, ...] = ("eap", "eap_ig", "mask")  # ranking methods; "exact" patches every node (slow)
-    level: str = "heads"  # node level: heads (query heads + MLPs), neurons (heads + MLP neurons), layers
+    level: str = "heads"  # heads (query heads + MLPs), neurons (heads + MLP neurons), layers, or edges between them
     ablation: str = "counterfactual"  # counterfactual (corrupted prompt), mean (over the reference) or zero
     reference: str = "train"  # mean ablation's reference set: the clean prompts of this split
     n: int = 24  # prompt pairs per split (train finds, test scores)
@@ -52,6 +53,14 @@ def check_methods(methods) -> None:
     for m in methods:
         if m not in METHODS:
             raise UserError(f"unknown method {m!r}; choose from: {', '.join(METHODS)}")
+
+
+def make_patcher(lm: LoadedModel, level: str, ablation: str = "counterfactual", reference: TaskData | None = None,
+                 batch_size: int = 32) -> Patcher | EdgePatcher:
+    """The patcher of a level: :class:`EdgePatcher` for ``edges``, a node :class:`Patcher` otherwise."""
+    if level == "edges":
+        return EdgePatcher(lm, ablation, reference, batch_size)
+    return Patcher(lm, level, ablation, reference, batch_size)
 
 
 def split_data(lm: LoadedModel, task: str, cfg: DiscoverConfig) -> tuple[TaskData, TaskData]:
@@ -101,7 +110,7 @@ def discover(lm: LoadedModel, task: str, cfg: DiscoverConfig, progress: Progress
     perf = perf or measure(lm, task, cfg.n, cfg.seed, cfg.batch_size)
     perf.check()
     reference = train if cfg.reference == "train" else test
-    patcher = Patcher(lm, cfg.level, cfg.ablation, reference if cfg.ablation == "mean" else None, cfg.batch_size)
+    patcher = make_patcher(lm, cfg.level, cfg.ablation, reference if cfg.ablation == "mean" else None, cfg.batch_size)
     p_train, p_test = patcher.prepare(train), patcher.prepare(test)
     e_train, e_test = scores.ends(patcher, p_train), scores.ends(patcher, p_test)
     if abs(e_train.full - e_train.empty) < 1e-6 or abs(e_test.full - e_test.empty) < 1e-6:
@@ -125,6 +134,7 @@ def discover(lm: LoadedModel, task: str, cfg: DiscoverConfig, progress: Progress
         effects.append(_node_frame(patcher, shown, method=method, seconds=seconds, **tag))
         fit = scores.Curve(patcher, p_train, ranking, e_train, progress)
         k = fit.smallest(cfg.sizes)
+        k_fine = fit.smallest_k(cfg.sizes)
         held = scores.faithfulness_curve(patcher, p_test, ranking, e_test, cfg.sizes, progress)
         curves.append(held.assign(method=method, split="test", seed=-1, **tag))
         keep = scores.top_k(ranking, k)
@@ -133,14 +143,19 @@ def discover(lm: LoadedModel, task: str, cfg: DiscoverConfig, progress: Progress
                                sufficiency=e_test.f(patcher.metric(p_test, keep)),
                                necessity=scores.necessity(patcher, p_test, keep, e_test),
                                n_components=k, circuit_frac=k / patcher.n_nodes, n_nodes=patcher.n_nodes,
+                               n_at_target=k_fine, target=scores.TARGET,
                                seconds=seconds, m_full=e_test.full, m_empty=e_test.empty, **tag))
         chosen = keep.bool().numpy()
+        effects[-1]["in_circuit"] = chosen
         circuits.append(patcher.nodes[chosen].assign(method=method, score=shown.numpy()[chosen], **tag))
     if cfg.validate:
         validation.append(_validate(patcher, p_train, effects, cfg, progress, tag))
     tables = {"effects": pd.concat(effects, ignore_index=True), "faithfulness": pd.concat(curves, ignore_index=True),
               "scores": pd.DataFrame(score_rows), "circuit": pd.concat(circuits, ignore_index=True),
               "tasks": pd.DataFrame([asdict(perf)]).assign(model=lm.name, variant=variant)}
+    if cfg.level == "edges":  # edge rankings and circuits live in one table (the circuit is its in_circuit rows)
+        tables["edges"] = tables.pop("effects").rename(columns={"effect": "score"})
+        del tables["circuit"]
     if validation:
         tables["validation"] = pd.concat(validation, ignore_index=True)
     return tables
@@ -202,7 +217,7 @@ def firing(lm: LoadedModel, circuit: pd.DataFrame, task_pairs: dict[str, list[Pa
     for (task, method, variant), c in circuit[circuit["kind"] == "neuron"].groupby(["task", "method", "variant"]):
         prompts = [Prompt(f"{task}{i}", p.text, task, "circuits") for i, p in enumerate(task_pairs[task])]
         suite = Suite(task, "circuits", prompts, source="sparsescope.circuits", license="generated")
-        run = Recorder(lm, RecordConfig(sites=["mlp.hook_post"], logits=False)).run([suite])
+        run = Recorder(lm, RecordConfig(sites=["mlp.hook_post"], logits=False, window=0)).run([suite])  # every token
         freq = run.neurons[run.neurons["metric"] == "fire_freq"][["layer", "index", "value"]]
         chosen = set(zip(c["layer"], c["index"]))
         member = np.array([(int(r.layer), int(r.index)) in chosen for r in freq.itertuples()])
@@ -218,8 +233,12 @@ def firing(lm: LoadedModel, circuit: pd.DataFrame, task_pairs: dict[str, list[Pa
 
 # -- circuit files -------------------------------------------------------------------------------------------------
 def save_circuit(path: str | Path, lm: LoadedModel, circuit: pd.DataFrame, level: str) -> None:
-    """A circuit as JSON with the model's name and widths, so it is never applied to another model by mistake."""
-    nodes = circuit[["layer", "kind", "index"]].astype({"layer": int, "index": int}).to_dict("records")
+    """A circuit (nodes, or ``up, down`` edges) as JSON with the model's name and widths, so it is never applied to
+    another model by mistake."""
+    if level == "edges":
+        nodes = circuit[["up", "down"]].to_dict("records")
+    else:
+        nodes = circuit[["layer", "kind", "index"]].astype({"layer": int, "index": int}).to_dict("records")
     Path(path).write_text(json.dumps({"model": lm.name, "shape": shape_of(lm), "level": level, "nodes": nodes},
                                      indent=1))
 
@@ -242,7 +261,7 @@ def load_circuit(path: str | Path, lm: LoadedModel) -> tuple[pd.DataFrame, str]:
 def score_circuit(lm: LoadedModel, task: str, nodes: pd.DataFrame, level: str, cfg: DiscoverConfig) -> dict:
     """Faithfulness, necessity and sufficiency of a given circuit on the task's held-out prompts."""
     _, test = split_data(lm, task, cfg)
-    patcher = Patcher(lm, level, cfg.ablation, test if cfg.ablation == "mean" else None, cfg.batch_size)
+    patcher = make_patcher(lm, level, cfg.ablation, test if cfg.ablation == "mean" else None, cfg.batch_size)
     prepared = patcher.prepare(test)
     e = scores.ends(patcher, prepared)
     keep = patcher.mask_from(nodes)
@@ -307,30 +326,56 @@ def knee_sparsity(store, method: str) -> float:
                     f"--sensitivity --methods {method}` first or pass --sparsity")
 
 
-def compare_pruned(lm: LoadedModel, tasks: list[str], cfg: DiscoverConfig, prune: str, sparsity: float,
-                   progress: Progress | None = None, neurons: bool = True) -> dict[str, pd.DataFrame]:
-    """Circuits of the dense model and of the model pruned to ``sparsity`` by ``prune`` (magnitude or wanda, every
-    linear), their overlap across tasks, and — with ``neurons`` — the firing frequency of neuron-level circuits."""
+def pruned_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Each pruned variant's circuits beside the dense model's, per task and method: circuit size at the target
+    faithfulness (``n_at_target``, and its ratio to dense) and held-out CPR/CMD (and their change)."""
+    cols = ["task", "method", "variant", "n_nodes", "n_at_target", "cpr", "cmd", "random_cpr", "sufficiency"]
+    heads = table[table["level"] != "neurons"][cols]
+    dense = heads[heads["variant"] == "dense"].set_index(["task", "method"])
+    rows = []
+    for r in heads[heads["variant"] != "dense"].itertuples():
+        if (r.task, r.method) in dense.index:
+            d = dense.loc[(r.task, r.method)]
+            rows.append(dict(task=r.task, method=r.method, variant=r.variant, n_nodes=r.n_nodes,
+                             n_at_target_dense=int(d["n_at_target"]), n_at_target=r.n_at_target,
+                             size_ratio=r.n_at_target / d["n_at_target"], cpr_dense=d["cpr"], cpr=r.cpr,
+                             cpr_change=r.cpr - d["cpr"], cmd_dense=d["cmd"], cmd=r.cmd, random_cpr=r.random_cpr))
+    return pd.DataFrame(rows)
+
+
+def compare_pruned(lm: LoadedModel, tasks: list[str], cfg: DiscoverConfig, prunes: dict[str, float],
+                   progress: Progress | None = None, neurons: bool = True, n_clusters: int = 8
+                   ) -> dict[str, pd.DataFrame]:
+    """Circuits of the dense model and of the model pruned by each ``{method: sparsity}`` of ``prunes`` (magnitude
+    or wanda, every linear), their overlap across tasks, dense vs pruned circuit size and CPR (``pruned``), and —
+    with ``neurons`` — the firing frequency of neuron-level circuits and their co-activation clusters."""
     from dataclasses import replace
 
+    from sparsescope.circuits.clusters import coactivation
     from sparsescope.intervene import Plan, Rule, apply
     from sparsescope.probes import load_text
     from sparsescope.record.calibration import calibrate
 
-    if prune not in ("magnitude", "wanda"):
-        raise UserError(f"unknown prune method {prune!r}; choose magnitude or wanda")
+    for prune in prunes:
+        if prune not in ("magnitude", "wanda"):
+            raise UserError(f"unknown prune method {prune!r}; choose magnitude or wanda")
     parts = [run_discovery(lm, tasks, cfg, progress, "dense")]
-    calib = calibrate(lm, load_text("calibration")) if prune == "wanda" else None
-    with apply(lm, Plan([Rule("prune", {"method": prune, "sparsity": sparsity})], f"{prune}@{sparsity:g}"), calib):
-        parts.append(run_discovery(lm, tasks, cfg, progress, f"{prune}@{sparsity:.2f}"))
+    calib = calibrate(lm, load_text("calibration")) if "wanda" in prunes else None
+    for prune, sparsity in prunes.items():
+        with apply(lm, Plan([Rule("prune", {"method": prune, "sparsity": sparsity})], f"{prune}@{sparsity:g}"), calib):
+            parts.append(run_discovery(lm, tasks, cfg, progress, f"{prune}@{sparsity:.3f}"))
     tables = {name: pd.concat([p[name] for p in parts if name in p], ignore_index=True)
               for name in dict.fromkeys(n for p in parts for n in p)}
     tables["overlap"] = overlap(tables["circuit"])
+    if prunes:
+        tables["pruned"] = pruned_summary(tables["scores"])
     if neurons:
         ncfg = replace(cfg, level="neurons", methods=tuple(m for m in cfg.methods if m != "exact"), validate=0)
         found = run_discovery(lm, tasks, ncfg, progress, "dense")
-        pairs = {t: sum((split_data(lm, t, cfg)[i].pairs for i in (0, 1)), []) for t in tasks}
-        tables["firing"] = firing(lm, found["circuit"], pairs)
+        splits = {t: split_data(lm, t, cfg) for t in tasks}
+        tables["firing"] = firing(lm, found["circuit"], {t: splits[t][0].pairs + splits[t][1].pairs for t in tasks})
+        tables["clusters"], tables["cluster_scores"] = coactivation(
+            lm, found["circuit"], [d for t in tasks for d in splits[t]], n_clusters, cfg.seed)
         for name in ("scores", "faithfulness", "circuit"):
             tables[name] = pd.concat([tables[name], found[name]], ignore_index=True)
     return tables

@@ -55,7 +55,8 @@ def ablate(task: str = TASK,
 @friendly
 def discover(model: str = MODEL, tasks: str = TASKS,
              methods: str = typer.Option("eap,eap_ig,mask", help="eap, eap_ig, mask (learned), exact (slow)."),
-             level: str = typer.Option("heads", help="Nodes: heads (query heads + MLPs), neurons, layers."),
+             level: str = typer.Option("heads", help="heads (query heads + MLPs), neurons, layers, or edges "
+                                                     "(writer → q/k/v, MLP input, logits)."),
              ablation: str = ABLATION, n: int = N, seed: int = SEED,
              steps: int = typer.Option(5, help="Integrated-gradient steps of eap_ig."),
              random_seeds: int = RANDOM_SEEDS,
@@ -92,13 +93,18 @@ def score(task: str = TASK, circuit: Path = typer.Option(..., help="Circuit JSON
 @friendly
 def compare(model: str = MODEL, tasks: str = TASKS,
             methods: str = typer.Option("eap_ig", help="Methods (as for discover)."),
-            prune: str = typer.Option("magnitude", help="Pruning of the sparse variant: magnitude or wanda."),
-            sparsity: Optional[float] = typer.Option(None, help="Pruning sparsity (default: the essential-sparsity "
-                                                                "knee of the newest `weights --sensitivity` run)."),
-            neurons: bool = typer.Option(True, help="Also neuron-level circuits and their firing frequency."),
+            prune: str = typer.Option("magnitude,wanda", help="Pruned variants, comma-separated: magnitude, wanda "
+                                                              "(empty: dense only)."),
+            sparsity: Optional[str] = typer.Option(None, help="Pruning sparsity per prune method, e.g. 0.147,0.156 "
+                                                              "(default: each method's essential-sparsity knee from "
+                                                              "the newest `weights --sensitivity` run)."),
+            neurons: bool = typer.Option(True, help="Also neuron-level circuits: their firing frequency and "
+                                                    "co-activation clusters."),
+            clusters: int = typer.Option(8, help="Co-activation clusters of neurons (agglomerative)."),
             ablation: str = ABLATION, n: int = N, seed: int = SEED, random_seeds: int = RANDOM_SEEDS,
             mask_steps: int = MASK_STEPS, runs_dir: Optional[Path] = RUNS_DIR):
-    """Modularity: circuit overlap across tasks, firing of circuit neurons vs the rest, dense vs pruned circuits."""
+    """Modularity: circuit overlap across tasks, circuit neurons' firing and co-activation clusters, dense vs pruned
+    circuits (size at 0.8 faithfulness, CPR)."""
     from sparsescope import workflows
     from sparsescope.show.circuits import score_tables
     from sparsescope.store import RunStore
@@ -107,7 +113,7 @@ def compare(model: str = MODEL, tasks: str = TASKS,
                                     mask_steps=mask_steps)
     with Bar("compare", "evaluations") as bar:
         run, tables, seconds = workflows.circuits_compare(RunStore(runs_dir), model, tasks, cfg, prune, sparsity,
-                                                          neurons, load, bar)
+                                                          neurons, clusters, load, bar)
     for table in score_tables(tables):
         show(table)
     out.print(f"{seconds:.1f} s; tables {', '.join(tables)} → {run.path}; page: {run.path / 'circuits.html'}")
