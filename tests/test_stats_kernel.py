@@ -271,3 +271,19 @@ def test_logit_values_match_numpy(use, vocab):
     ref = numpy_logit_values(logits.numpy(), targets.numpy(), want.numpy())
     np.testing.assert_allclose(got, ref, rtol=2e-5, atol=2e-5)
     assert got[0, 1].tolist() == [0, 0, 0] and got[1, 2].tolist() == [0, 0, 0] and got[2, 3].tolist() == [0, 0, 0]
+
+
+def test_stale_build_lock_is_removed_and_a_fresh_one_kept(tmp_path):
+    import os
+    import time
+
+    lock = tmp_path / "lock"
+    lock.touch()
+    build._drop_stale_lock(tmp_path)  # a build in progress elsewhere: keep waiting on it
+    assert lock.exists()
+    old = time.time() - build.STALE_LOCK_S - 5
+    os.utime(lock, (old, old))
+    with pytest.warns(UserWarning, match="stale kernel build lock"):
+        build._drop_stale_lock(tmp_path)
+    assert not lock.exists()
+    build._drop_stale_lock(tmp_path)  # no lock: nothing to do

@@ -13,6 +13,7 @@ import functools
 import hashlib
 import os
 import shutil
+import time
 import warnings
 from pathlib import Path
 
@@ -55,6 +56,7 @@ def load(name: str, sources: tuple[str, ...], cflags: tuple[str, ...] = CFLAGS):
     build_dir = kernels_dir() / f"{name}-{digest.hexdigest()[:12]}"
     try:
         build_dir.mkdir(parents=True, exist_ok=True)
+        _drop_stale_lock(build_dir)
         from torch.utils.cpp_extension import load as cpp_load
 
         return cpp_load(name=f"sparsescope_{name}", sources=[str(p) for p in paths], extra_cflags=list(cflags),
@@ -64,6 +66,21 @@ def load(name: str, sources: tuple[str, ...], cflags: tuple[str, ...] = CFLAGS):
         warnings.warn(f"sparsescope kernel {name!r} could not be built ({first}); using the slower pure-torch "
                       f"path", stacklevel=2)
         return None
+
+
+STALE_LOCK_S = 600  # a build takes ~45 s; a lock this old was left by a process killed mid-build
+
+
+def _drop_stale_lock(build_dir: Path) -> None:
+    """Remove the ``lock`` file torch's builder leaves when a process is killed mid-compile: every later build
+    would otherwise wait on it forever."""
+    lock = build_dir / "lock"
+    try:
+        if time.time() - lock.stat().st_mtime > STALE_LOCK_S:
+            lock.unlink()
+            warnings.warn(f"removed a stale kernel build lock ({lock}) left by an interrupted build", stacklevel=3)
+    except FileNotFoundError:
+        pass
 
 
 def _missing_tools() -> str:
