@@ -49,6 +49,20 @@ def kernel():
     return build.load("stats", ("stats.cpp",), build.CFLAGS + ("-ffp-contract=off",))
 
 
+def _extension(use_kernel: bool | None, usable: bool):
+    """The extension when a call should use it: ``usable`` says whether its inputs suit the kernel (CPU, dtype);
+    ``use_kernel`` forces a path (``None``: the kernel where it is available, ``True`` raises where it is not)."""
+    ext = kernel() if use_kernel is not False and usable else None
+    if use_kernel and ext is None:
+        raise RuntimeError("the stats kernel is not available here")
+    return ext
+
+
+def _last_dim_contiguous(t: torch.Tensor | None) -> torch.Tensor | None:
+    """``t`` itself when its last dimension is contiguous (the kernels read rows by pointer), else a copy."""
+    return t if t is None or t.stride(-1) == 1 else t.contiguous()
+
+
 def site_values(x: torch.Tensor, owner: torch.Tensor, spec: StatsSpec, mask: torch.Tensor | None = None,
                 fire: torch.Tensor | None = None, abs_sum: torch.Tensor | None = None,
                 use_kernel: bool | None = None) -> torch.Tensor:
@@ -60,14 +74,9 @@ def site_values(x: torch.Tensor, owner: torch.Tensor, spec: StatsSpec, mask: tor
     """
     if (spec.delta_t or fire is not None) and (x.shape[2] != 1 or mask is not None):
         raise ValueError("delta and neuron counters need one row per token and no mask")
-    ext = kernel() if use_kernel is not False and x.device.type == "cpu" else None
-    if use_kernel and ext is None:
-        raise RuntimeError("the stats kernel is not available here")
+    ext = _extension(use_kernel, x.device.type == "cpu")
     if ext is not None:
-        if x.stride(-1) != 1:
-            x = x.contiguous()
-        if mask is not None and mask.stride(-1) != 1:
-            mask = mask.contiguous()
+        x, mask = _last_dim_contiguous(x), _last_dim_contiguous(mask)
         return ext.site_values(x, mask, owner.contiguous(), list(spec.kinds), list(spec.params), list(spec.delta_t),
                                spec.fire_t, fire, abs_sum)
     return torch_values(x, owner, spec, mask, fire, abs_sum)
@@ -142,14 +151,9 @@ def logit_values(logits: torch.Tensor, targets: torch.Tensor, want: torch.Tensor
     """``[B, T, 3]`` float64: next-token NLL, max-softmax probability and an ok flag of ``logits`` ``[B, T, V]``
     for the rows where ``want`` ``[B, T]`` is true and every logit is finite (all 0 elsewhere; row t predicts
     ``targets[:, t]``). The kernel (float32 CPU logits) agrees with the torch twin to float32 rounding."""
-    ext = kernel() if use_kernel is not False and logits.device.type == "cpu" and logits.dtype == torch.float32 \
-        else None
-    if use_kernel and ext is None:
-        raise RuntimeError("the stats kernel is not available here")
+    ext = _extension(use_kernel, logits.device.type == "cpu" and logits.dtype == torch.float32)
     if ext is not None:
-        if logits.stride(-1) != 1:
-            logits = logits.contiguous()
-        return ext.logit_values(logits, targets.contiguous(), want.contiguous())
+        return ext.logit_values(_last_dim_contiguous(logits), targets.contiguous(), want.contiguous())
     logp = torch.log_softmax(logits if logits.dtype == torch.float64 else logits.float(), -1)  # bf16 → float32
     nll = -logp.gather(-1, targets[..., None])[..., 0]
     maxp = logp.max(-1).values.exp()
