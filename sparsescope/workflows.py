@@ -446,15 +446,32 @@ CIRCUIT_TASKS = "ioi,greater_than,induction,agreement,capitals"
 
 def circuits_config(methods: str = "eap,eap_ig,mask", level: str = "heads", ablation: str = "counterfactual",
                     n: int = 24, seed: int = 0, steps: int = 5, random_seeds: int = 5, validate: int = 0,
-                    mask_steps: int = 60):
-    """A :class:`~sparsescope.circuits.study.DiscoverConfig` from command-line values, checked."""
+                    mask_steps: int = 60, sae: str | None = None, store: RunStore | None = None):
+    """A :class:`~sparsescope.circuits.study.DiscoverConfig` from command-line values, checked. ``sae`` (an sae run
+    id of ``store``, its folder or a checkpoint folder) makes the SAE's features the nodes (level ``features``)."""
     from sparsescope.circuits.mask import MaskConfig
     from sparsescope.circuits.study import DiscoverConfig, check_methods
 
+    if sae is not None:
+        sae = str(sae_folder(store or RunStore(), sae))
+        level = "features" if level == "heads" else level  # heads is the default: --sae alone means features
     cfg = DiscoverConfig(methods=tuple(split_list(methods) or ()), level=level, ablation=ablation, n=n, seed=seed,
-                         steps=steps, random_seeds=random_seeds, validate=validate, mask=MaskConfig(steps=mask_steps))
+                         steps=steps, random_seeds=random_seeds, validate=validate, mask=MaskConfig(steps=mask_steps),
+                         sae=sae)
     check_methods(cfg.methods)
     return cfg
+
+
+def sae_folder(store: RunStore, text: str) -> Path:
+    """The checkpoint folder of ``--sae``: a folder holding ``cfg.json``, an sae run's folder, or an sae run id."""
+    folder = Path(text)
+    for candidate in (folder, folder / "sae"):
+        if (candidate / "cfg.json").is_file():
+            return candidate
+    run = store.open(text)
+    if run.kind != "sae":
+        raise UserError(f"run {run.run_id} is a {run.kind} run, not an sae run; pass an sae run id or checkpoint folder")
+    return run.path / "sae"
 
 
 def _task_names(tasks: str) -> list[str]:
@@ -502,13 +519,14 @@ def circuits_discover(store: RunStore, model: str, tasks: str, cfg, save: Path |
     store.check_writable()
     start = time.perf_counter()
     lm = load(model)
-    total = work(cfg, make_patcher(lm, cfg.level, "zero").n_nodes) * len(names)
+    patcher = make_patcher(lm, cfg.level, "zero", sae=cfg.sae)  # checks the SAE before any work
+    total = work(cfg, patcher.n_nodes) * len(names)
     tables = run_discovery(lm, names, cfg, lambda k: progress(k, total))
     if save:
         save.mkdir(parents=True, exist_ok=True)
         chosen = tables["edges"][tables["edges"]["in_circuit"]] if cfg.level == "edges" else tables["circuit"]
         for (task, method), c in chosen.groupby(["task", "method"]):
-            save_circuit(save / f"{task}.{method}.json", lm, c, cfg.level)
+            save_circuit(save / f"{task}.{method}.json", lm, c, cfg.level, patcher if cfg.sae else None)
     run = _circuits_run(store, lm, {"command": "discover", "model": model, "tasks": names, "discover": asdict(cfg)},
                         tables, start)
     return run, tables, time.perf_counter() - start
@@ -547,22 +565,28 @@ def circuits_compare(store: RunStore, model: str, tasks: str, cfg, prune: str = 
 
 
 def circuits_ablate(model: str, task: str, components: str, ablation: str = "counterfactual", n: int = 24,
-                    seed: int = 0, load: Callable = load_model) -> pd.DataFrame:
-    """Metric and accuracy on the task's held-out prompts before and after ablating ``components`` (one row)."""
+                    seed: int = 0, load: Callable = load_model, sae: str | None = None,
+                    store: RunStore | None = None) -> pd.DataFrame:
+    """Metric and accuracy on the task's held-out prompts before and after ablating ``components`` (one row;
+    SAE features ``L6F12`` with ``sae``)."""
     from sparsescope.circuits.patch import parse_components
     from sparsescope.circuits.study import ablate
 
     _task_names(task)
     nodes = parse_components(components)
-    return pd.DataFrame([ablate(load(model), task, nodes, circuits_config(ablation=ablation, n=n, seed=seed))])
+    cfg = circuits_config(ablation=ablation, n=n, seed=seed, sae=sae, store=store)
+    return pd.DataFrame([ablate(load(model), task, nodes, cfg)])
 
 
 def circuits_score(model: str, task: str, circuit: Path, ablation: str = "counterfactual", n: int = 24,
-                   seed: int = 0, load: Callable = load_model) -> pd.DataFrame:
-    """Faithfulness, necessity and sufficiency of a saved circuit on the task's held-out prompts (one row)."""
+                   seed: int = 0, load: Callable = load_model, sae: str | None = None,
+                   store: RunStore | None = None) -> pd.DataFrame:
+    """Faithfulness, necessity and sufficiency of a saved circuit on the task's held-out prompts (one row; a feature
+    circuit with ``sae`` or the SAE its file names)."""
     from sparsescope.circuits.study import load_circuit, score_circuit
 
     _task_names(task)
+    cfg = circuits_config(ablation=ablation, n=n, seed=seed, sae=sae, store=store)
     lm = load(model)
     nodes, level = load_circuit(circuit, lm)
-    return pd.DataFrame([score_circuit(lm, task, nodes, level, circuits_config(ablation=ablation, n=n, seed=seed))])
+    return pd.DataFrame([score_circuit(lm, task, nodes, level, cfg)])

@@ -92,10 +92,13 @@ def final_logits(lm: LoadedModel, ids: torch.Tensor, mask: torch.Tensor,
 class Patcher:
     """Ablate or patch any set of nodes of one level (``heads``, ``neurons`` or ``layers``) of a model."""
 
+    levels = tuple(LEVELS)  # the levels this class patches (a subclass patches others: SAE features)
+
     def __init__(self, lm: LoadedModel, level: str = "heads", ablation: str = "counterfactual",
                  reference: TaskData | None = None, batch_size: int = 32):
-        if level not in LEVELS:
-            raise UserError(f"unknown level {level!r}; choose from: {', '.join(LEVELS)}, edges")
+        if level not in self.levels:
+            raise UserError(f"unknown level {level!r}; choose from: {', '.join(LEVELS)}, edges, features (with an "
+                            "SAE)")
         if ablation not in ABLATIONS:
             raise UserError(f"unknown ablation {ablation!r}; choose from: {', '.join(ABLATIONS)}")
         if ablation == "mean" and reference is None:
@@ -104,17 +107,22 @@ class Patcher:
             raise UserError("the layers level needs a Hugging Face model; load the model without TransformerLens")
         self.lm, self.level, self.ablation, self.batch_size = lm, level, ablation, batch_size
         self.shape = shape_of(lm)
-        self.groups: list[Group] = []
-        offset = 0
-        for layer in range(lm.n_layers):
-            for site, kind in LEVELS[level]:
-                units, width = _width(lm, site, kind)
-                self.groups.append(Group(layer, site, kind, units, width, offset))
-                offset += units
-        self.n_nodes = offset
+        self.groups = self._groups()
+        self.n_nodes = sum(g.units for g in self.groups)
         self.nodes = pd.DataFrame([dict(layer=g.layer, kind=g.kind, index=i) for g in self.groups
                                    for i in range(g.units)])
         self.means = self._mean(reference) if ablation == "mean" else None
+
+    def _groups(self) -> list[Group]:
+        """Every node site of the level, in layer order, with its offset in the flat node vector."""
+        groups: list[Group] = []
+        offset = 0
+        for layer in range(self.lm.n_layers):
+            for site, kind in LEVELS[self.level]:
+                units, width = _width(self.lm, site, kind)
+                groups.append(Group(layer, site, kind, units, width, offset))
+                offset += units
+        return groups
 
     # -- forward passes ----------------------------------------------------------------------------------------------
     def _logits(self, ids: torch.Tensor, mask: torch.Tensor, last: torch.Tensor | None = None) -> torch.Tensor | None:
@@ -250,14 +258,16 @@ class Patcher:
 
 
 def parse_components(text: str) -> pd.DataFrame:
-    """``"L3H2,L5.mlp,L4N17,L7"`` → rows of ``layer, kind, index`` (head, mlp, neuron, layer)."""
+    """``"L3H2,L5.mlp,L4N17,L7,L6F12,L6.err"`` → rows of ``layer, kind, index`` (head, mlp, neuron, layer, SAE
+    feature, SAE error term)."""
     import re
 
     rows = []
     for part in [p.strip() for p in text.split(",") if p.strip()]:
-        m = re.fullmatch(r"L(\d+)(?:H(\d+)|N(\d+)|\.(mlp))?", part, re.IGNORECASE)
+        m = re.fullmatch(r"L(\d+)(?:H(\d+)|N(\d+)|\.(mlp)|F(\d+)|\.(err))?", part, re.IGNORECASE)
         if not m:
-            raise UserError(f"bad component {part!r}; write L3H2 (head), L3.mlp, L3N17 (neuron) or L3 (layer)")
+            raise UserError(f"bad component {part!r}; write L3H2 (head), L3.mlp, L3N17 (neuron), L3 (layer), "
+                            "L6F12 (SAE feature) or L6.err (SAE error term)")
         layer = int(m.group(1))
         if m.group(2) is not None:
             rows.append(dict(layer=layer, kind="head", index=int(m.group(2))))
@@ -265,6 +275,10 @@ def parse_components(text: str) -> pd.DataFrame:
             rows.append(dict(layer=layer, kind="neuron", index=int(m.group(3))))
         elif m.group(4):
             rows.append(dict(layer=layer, kind="mlp", index=0))
+        elif m.group(5) is not None:
+            rows.append(dict(layer=layer, kind="feature", index=int(m.group(5))))
+        elif m.group(6):
+            rows.append(dict(layer=layer, kind="sae_error", index=0))
         else:
             rows.append(dict(layer=layer, kind="layer", index=0))
     if not rows:

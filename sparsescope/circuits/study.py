@@ -21,6 +21,7 @@ from scipy.stats import spearmanr
 
 from sparsescope.circuits import attribution, scores
 from sparsescope.circuits.edges import EdgePatcher
+from sparsescope.circuits.features import FeaturePatcher
 from sparsescope.circuits.mask import MaskConfig, learn_mask
 from sparsescope.circuits.patch import Patcher, shape_of
 from sparsescope.circuits.tasks import TASKS, Pair, Performance, TaskData, check_task, make_task, performance
@@ -36,7 +37,8 @@ class DiscoverConfig:
     """What a discovery run does."""
 
     methods: tuple[str, ...] = ("eap", "eap_ig", "mask")  # ranking methods; "exact" patches every node (slow)
-    level: str = "heads"  # heads (query heads + MLPs), neurons (heads + MLP neurons), layers, or edges between them
+    level: str = "heads"  # heads (query heads + MLPs), neurons (heads + MLP neurons), layers, edges, or features
+    sae: str | None = None  # SAE checkpoint folder whose features are the nodes (level "features")
     ablation: str = "counterfactual"  # counterfactual (corrupted prompt), mean (over the reference) or zero
     reference: str = "train"  # mean ablation's reference set: the clean prompts of this split
     n: int = 24  # prompt pairs per split (train finds, test scores)
@@ -56,10 +58,15 @@ def check_methods(methods) -> None:
 
 
 def make_patcher(lm: LoadedModel, level: str, ablation: str = "counterfactual", reference: TaskData | None = None,
-                 batch_size: int = 32) -> Patcher | EdgePatcher:
-    """The patcher of a level: :class:`EdgePatcher` for ``edges``, a node :class:`Patcher` otherwise."""
+                 batch_size: int = 32, sae: str | None = None) -> Patcher | EdgePatcher:
+    """The patcher of a level: :class:`EdgePatcher` for ``edges``, :class:`FeaturePatcher` for ``features`` (the
+    SAE checkpoint folder ``sae``), a node :class:`Patcher` otherwise."""
     if level == "edges":
         return EdgePatcher(lm, ablation, reference, batch_size)
+    if level == "features" or sae is not None:
+        if sae is None or level != "features":
+            raise UserError("SAE-feature nodes need both --level features and --sae <sae run or checkpoint folder>")
+        return FeaturePatcher(lm, sae, ablation, reference, batch_size)
     return Patcher(lm, level, ablation, reference, batch_size)
 
 
@@ -110,7 +117,8 @@ def discover(lm: LoadedModel, task: str, cfg: DiscoverConfig, progress: Progress
     perf = perf or measure(lm, task, cfg.n, cfg.seed, cfg.batch_size)
     perf.check()
     reference = train if cfg.reference == "train" else test
-    patcher = make_patcher(lm, cfg.level, cfg.ablation, reference if cfg.ablation == "mean" else None, cfg.batch_size)
+    patcher = make_patcher(lm, cfg.level, cfg.ablation, reference if cfg.ablation == "mean" else None, cfg.batch_size,
+                           cfg.sae)
     p_train, p_test = patcher.prepare(train), patcher.prepare(test)
     e_train, e_test = scores.ends(patcher, p_train), scores.ends(patcher, p_test)
     if abs(e_train.full - e_train.empty) < 1e-6 or abs(e_test.full - e_test.empty) < 1e-6:
@@ -232,15 +240,18 @@ def firing(lm: LoadedModel, circuit: pd.DataFrame, task_pairs: dict[str, list[Pa
 
 
 # -- circuit files -------------------------------------------------------------------------------------------------
-def save_circuit(path: str | Path, lm: LoadedModel, circuit: pd.DataFrame, level: str) -> None:
-    """A circuit (nodes, or ``up, down`` edges) as JSON with the model's name and widths, so it is never applied to
-    another model by mistake."""
+def save_circuit(path: str | Path, lm: LoadedModel, circuit: pd.DataFrame, level: str,
+                 sae: FeaturePatcher | None = None) -> None:
+    """A circuit (nodes, or ``up, down`` edges) as JSON with the model's name and widths — and for SAE features the
+    SAE's folder, site and width —, so it is never applied to another model (or SAE) by mistake."""
     if level == "edges":
         nodes = circuit[["up", "down"]].to_dict("records")
     else:
         nodes = circuit[["layer", "kind", "index"]].astype({"layer": int, "index": int}).to_dict("records")
-    Path(path).write_text(json.dumps({"model": lm.name, "shape": shape_of(lm), "level": level, "nodes": nodes},
-                                     indent=1))
+    data = {"model": lm.name, "shape": shape_of(lm), "level": level, "nodes": nodes}
+    if sae is not None:
+        data["sae"] = {"path": sae.sae_path, "site": sae.site, "d_sae": sae.shape["d_sae"]}
+    Path(path).write_text(json.dumps(data, indent=1))
 
 
 def load_circuit(path: str | Path, lm: LoadedModel) -> tuple[pd.DataFrame, str]:
@@ -255,13 +266,27 @@ def load_circuit(path: str | Path, lm: LoadedModel) -> tuple[pd.DataFrame, str]:
     if shape != shape_of(lm):
         raise UserError(f"circuit {p} was found on {data.get('model')!r} {shape}, but this model is {lm.name!r} "
                         f"{shape_of(lm)}; rediscover the circuit on this model")
+    nodes.attrs["sae"] = data.get("sae")  # features: the SAE the circuit was found with
     return nodes, level
 
 
+def check_sae(nodes: pd.DataFrame, patcher: Patcher) -> None:
+    """Refuse a feature circuit applied with another SAE (site or width differ) than the one it was found with."""
+    found = nodes.attrs.get("sae")
+    if isinstance(patcher, FeaturePatcher) and found and (found["site"], found["d_sae"]) != (
+            patcher.site, patcher.shape["d_sae"]):
+        raise UserError(f"the circuit's features belong to a {found['d_sae']}-feature SAE at {found['site']}, not "
+                        f"to {patcher.sae_path} ({patcher.shape['d_sae']} at {patcher.site}); pass --sae "
+                        f"{found['path']}")
+
+
 def score_circuit(lm: LoadedModel, task: str, nodes: pd.DataFrame, level: str, cfg: DiscoverConfig) -> dict:
-    """Faithfulness, necessity and sufficiency of a given circuit on the task's held-out prompts."""
+    """Faithfulness, necessity and sufficiency of a given circuit on the task's held-out prompts (a feature circuit
+    with ``cfg.sae``, else with the SAE its file names)."""
     _, test = split_data(lm, task, cfg)
-    patcher = make_patcher(lm, level, cfg.ablation, test if cfg.ablation == "mean" else None, cfg.batch_size)
+    sae = cfg.sae or (nodes.attrs.get("sae") or {}).get("path") if level == "features" else None
+    patcher = make_patcher(lm, level, cfg.ablation, test if cfg.ablation == "mean" else None, cfg.batch_size, sae)
+    check_sae(nodes, patcher)
     prepared = patcher.prepare(test)
     e = scores.ends(patcher, prepared)
     keep = patcher.mask_from(nodes)
@@ -272,13 +297,18 @@ def score_circuit(lm: LoadedModel, task: str, nodes: pd.DataFrame, level: str, c
 
 def component_name(layer: int, kind: str, index: int) -> str:
     """The CLI spelling of a node (inverse of :func:`~sparsescope.circuits.patch.parse_components`)."""
-    suffix = {"head": f"H{index}", "neuron": f"N{index}", "mlp": ".mlp", "layer": ""}[kind]
+    suffix = {"head": f"H{index}", "neuron": f"N{index}", "mlp": ".mlp", "layer": "", "feature": f"F{index}",
+              "sae_error": ".err"}[kind]
     return f"L{layer}{suffix}"
 
 
 def level_of(nodes: pd.DataFrame) -> str:
-    """The node level a set of components lives at (heads and MLPs; heads and neurons; whole layers)."""
+    """The node level a set of components lives at (heads and MLPs; heads and neurons; whole layers; features)."""
     kinds = set(nodes["kind"])
+    if kinds & {"feature", "sae_error"}:
+        if not kinds <= {"feature", "sae_error"}:
+            raise UserError("components mix SAE features with model components; ablate features (L6F12, L6.err) alone")
+        return "features"
     if kinds <= {"layer"}:
         return "layers"
     if "layer" in kinds or ("mlp" in kinds and "neuron" in kinds):
@@ -290,8 +320,8 @@ def ablate(lm: LoadedModel, task: str, nodes: pd.DataFrame, cfg: DiscoverConfig)
     """Metric and accuracy on the held-out prompts with ``nodes`` ablated (everything else untouched)."""
     level = level_of(nodes)
     train, test = split_data(lm, task, cfg)
-    patcher = Patcher(lm, level, cfg.ablation, (train if cfg.reference == "train" else test)
-                      if cfg.ablation == "mean" else None, cfg.batch_size)
+    patcher = make_patcher(lm, level, cfg.ablation, (train if cfg.reference == "train" else test)
+                           if cfg.ablation == "mean" else None, cfg.batch_size, cfg.sae)
     prepared = patcher.prepare(test)
     keep = 1 - patcher.mask_from(nodes)
     full, ablated = patcher.per_prompt(prepared), patcher.per_prompt(prepared, keep)

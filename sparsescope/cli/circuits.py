@@ -20,6 +20,8 @@ ABLATION = typer.Option("counterfactual", help="counterfactual (corrupted prompt
                                                "or zero.")
 RANDOM_SEEDS = typer.Option(5, help="Random circuits per size (the baseline).")
 MASK_STEPS = typer.Option(60, help="Learned-mask optimisation steps.")
+SAE = typer.Option(None, "--sae", help="SAE whose features (and error term) are the nodes: an sae run id, its folder "
+                                       "or a checkpoint folder (level features).")
 
 
 @circuits_app.command("tasks")
@@ -42,12 +44,14 @@ def tasks_cmd(model: str = MODEL, tasks: str = TASKS, n: int = N, seed: int = SE
 @friendly
 def ablate(task: str = TASK,
            components: str = typer.Option(..., help="Components: L3H2 (head), L3.mlp, L3N17 (neuron), L3 (layer)."),
-           model: str = MODEL, ablation: str = ABLATION, n: int = N, seed: int = SEED):
+           model: str = MODEL, ablation: str = ABLATION, n: int = N, seed: int = SEED, sae: Optional[str] = SAE,
+           runs_dir: Optional[Path] = RUNS_DIR):
     """Ablate the given components on the task's held-out prompts: metric and accuracy before and after."""
     from sparsescope import workflows
     from sparsescope.show.terminal import frame_table
+    from sparsescope.store import RunStore
 
-    row = workflows.circuits_ablate(model, task, components, ablation, n, seed, load)
+    row = workflows.circuits_ablate(model, task, components, ablation, n, seed, load, sae, RunStore(runs_dir))
     show(frame_table(row.set_index("task"), f"{components} ablated ({ablation})"))
 
 
@@ -55,21 +59,22 @@ def ablate(task: str = TASK,
 @friendly
 def discover(model: str = MODEL, tasks: str = TASKS,
              methods: str = typer.Option("eap,eap_ig,mask", help="eap, eap_ig, mask (learned), exact (slow)."),
-             level: str = typer.Option("heads", help="heads (query heads + MLPs), neurons, layers, or edges "
-                                                     "(writer → q/k/v, MLP input, logits)."),
+             level: str = typer.Option("heads", help="heads (query heads + MLPs), neurons, layers, edges "
+                                                     "(writer → q/k/v, MLP input, logits), or features (--sae)."),
              ablation: str = ABLATION, n: int = N, seed: int = SEED,
              steps: int = typer.Option(5, help="Integrated-gradient steps of eap_ig."),
              random_seeds: int = RANDOM_SEEDS,
              validate: int = typer.Option(0, help="Exact-patch this many nodes to rank-correlate attribution."),
              mask_steps: int = MASK_STEPS,
              save: Optional[Path] = typer.Option(None, help="Folder for one circuit JSON per task and method."),
-             runs_dir: Optional[Path] = RUNS_DIR):
+             sae: Optional[str] = SAE, runs_dir: Optional[Path] = RUNS_DIR):
     """Rank nodes per task and method, choose circuits on train prompts, score them (MIB) on held-out prompts."""
     from sparsescope import workflows
     from sparsescope.show.circuits import score_tables
     from sparsescope.store import RunStore
 
-    cfg = workflows.circuits_config(methods, level, ablation, n, seed, steps, random_seeds, validate, mask_steps)
+    cfg = workflows.circuits_config(methods, level, ablation, n, seed, steps, random_seeds, validate, mask_steps, sae,
+                                    RunStore(runs_dir))
     with Bar("discover", "evaluations") as bar:
         run, tables, seconds = workflows.circuits_discover(RunStore(runs_dir), model, tasks, cfg, save, load, bar)
     for table in score_tables(tables):
@@ -80,12 +85,14 @@ def discover(model: str = MODEL, tasks: str = TASKS,
 @circuits_app.command()
 @friendly
 def score(task: str = TASK, circuit: Path = typer.Option(..., help="Circuit JSON written by `discover --save`."),
-          model: str = MODEL, ablation: str = ABLATION, n: int = N, seed: int = SEED):
+          model: str = MODEL, ablation: str = ABLATION, n: int = N, seed: int = SEED, sae: Optional[str] = SAE,
+          runs_dir: Optional[Path] = RUNS_DIR):
     """Faithfulness, necessity and sufficiency of a saved circuit on the task's held-out prompts."""
     from sparsescope import workflows
     from sparsescope.show.terminal import frame_table
+    from sparsescope.store import RunStore
 
-    row = workflows.circuits_score(model, task, circuit, ablation, n, seed, load)
+    row = workflows.circuits_score(model, task, circuit, ablation, n, seed, load, sae, RunStore(runs_dir))
     show(frame_table(row.set_index("task"), f"circuit {circuit.name} on held-out {task} prompts ({ablation})"))
 
 
