@@ -446,7 +446,8 @@ CIRCUIT_TASKS = "ioi,greater_than,induction,agreement,capitals"
 
 def circuits_config(methods: str = "eap,eap_ig,mask", level: str = "heads", ablation: str = "counterfactual",
                     n: int = 24, seed: int = 0, steps: int = 5, random_seeds: int = 5, validate: int = 0,
-                    mask_steps: int = 60, sae: str | None = None, store: RunStore | None = None):
+                    mask_steps: int = 60, sae: str | None = None, store: RunStore | None = None,
+                    refine: float = 0.1):
     """A :class:`~sparsescope.circuits.study.DiscoverConfig` from command-line values, checked. ``sae`` (an sae run
     id of ``store``, its folder or a checkpoint folder) makes the SAE's features the nodes (level ``features``)."""
     from sparsescope.circuits.mask import MaskConfig
@@ -457,7 +458,7 @@ def circuits_config(methods: str = "eap,eap_ig,mask", level: str = "heads", abla
         level = "features" if level == "heads" else level  # heads is the default: --sae alone means features
     cfg = DiscoverConfig(methods=tuple(split_list(methods) or ()), level=level, ablation=ablation, n=n, seed=seed,
                          steps=steps, random_seeds=random_seeds, validate=validate, mask=MaskConfig(steps=mask_steps),
-                         sae=sae)
+                         sae=sae, refine=refine)
     check_methods(cfg.methods)
     return cfg
 

@@ -302,3 +302,15 @@ def test_smallest_circuit_at_target_is_found_at_any_size():
     assert curve.smallest() == 137  # MIB sizes: 50 % (69 nodes) fails, so 100 %
     assert curve.smallest_k() == 110 == int(np.ceil(0.8 * 137))
     assert len(curve.metric) < 20  # bisection, not a scan
+
+
+def test_two_stage_rescores_the_top_of_eap_ig_with_exact_effects(lm):
+    data = char_task(lm, n=6)
+    patcher = Patcher(lm, "heads")
+    prepared = patcher.prepare(data)
+    ig = attribution.effects(patcher, prepared, "eap_ig", steps=4)
+    truth = attribution.exact(patcher, prepared)
+    two = attribution.effects(patcher, prepared, "eap_ig_exact", steps=4, refine=3)
+    top = np.argsort(-ig.abs().numpy(), kind="stable")[:3]
+    rest = np.setdiff1d(np.arange(patcher.n_nodes), top)
+    assert torch.allclose(two[top], truth[top]) and torch.equal(two[rest], ig[rest])

@@ -9,6 +9,9 @@ replaced by its reference: ``effect_i = m(patch i) − m(clean)``; negative mean
 * ``eap_ig``  — the same difference times the gradient averaged over ``steps`` runs whose input embeddings move
   from the corrupted to the clean prompt (Hanna et al. 2024; MIB's strongest attribution method).
   ``steps`` forward+backward passes.
+* ``eap_ig_exact`` — two stages: EAP-IG ranks every node, then exact patching re-scores the ``refine`` nodes at the
+  top of that ranking (their scores become exact effects, on the same scale): ``steps`` gradient passes plus
+  ``refine`` forwards, so the circuit's members are decided by exact effects where it matters most.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import torch
 from sparsescope.circuits.patch import Patcher, final_logits
 from sparsescope.errors import UserError
 
-METHODS = ("exact", "eap", "eap_ig")
+METHODS = ("exact", "eap", "eap_ig", "eap_ig_exact")
 
 
 @contextmanager
@@ -90,18 +93,27 @@ def attribute(patcher: Patcher, prepared, steps: int = 1,
     return scores / n
 
 
-def effects(patcher: Patcher, prepared, method: str, steps: int = 5,
+def refined(patcher: Patcher, prepared, steps: int, refine: int,
             progress: Callable[[int], None] | None = None) -> torch.Tensor:
-    """One effect per node by ``method`` (``exact``, ``eap`` or ``eap_ig``)."""
+    """EAP-IG for every node, then exact patching of the ``refine`` nodes with the largest |EAP-IG| score, whose
+    scores are replaced by their exact effects."""
+    scores = attribute(patcher, prepared, steps, progress)
+    top = torch.argsort(scores.abs(), descending=True, stable=True)[: max(0, min(refine, patcher.n_nodes))]
+    scores[top] = exact(patcher, prepared, progress, top.tolist())[top]
+    return scores
+
+
+def effects(patcher: Patcher, prepared, method: str, steps: int = 5,
+            progress: Callable[[int], None] | None = None, refine: int = 0) -> torch.Tensor:
+    """One effect per node by ``method`` (``exact``, ``eap``, ``eap_ig`` or ``eap_ig_exact`` with ``refine``
+    exact-patched nodes)."""
     if method == "exact":
         return exact(patcher, prepared, progress)
     if method == "eap":
         return attribute(patcher, prepared, 1, progress)
     if method == "eap_ig":
         return attribute(patcher, prepared, steps, progress)
+    if method == "eap_ig_exact":
+        return refined(patcher, prepared, steps, refine, progress)
     raise UserError(f"unknown method {method!r}; choose from: {', '.join(METHODS)} (or 'mask' for a learned mask)")
 
-
-def n_passes(patcher: Patcher, n_batches: int, method: str, steps: int) -> int:
-    """Progress units a method takes: nodes for exact, gradient passes for the attribution methods."""
-    return patcher.n_nodes if method == "exact" else n_batches * (1 if method == "eap" else steps)

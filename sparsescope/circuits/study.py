@@ -28,7 +28,7 @@ from sparsescope.circuits.tasks import TASKS, Pair, Performance, TaskData, check
 from sparsescope.errors import UserError
 from sparsescope.models.loading import LoadedModel
 
-METHODS = ("eap", "eap_ig", "mask", "exact")
+METHODS = ("eap", "eap_ig", "eap_ig_exact", "mask", "exact")
 Progress = Callable[[int], None]
 
 
@@ -45,6 +45,7 @@ class DiscoverConfig:
     seed: int = 0  # template seed: the same seed gives the same prompts
     steps: int = 5  # integrated-gradient steps of eap_ig
     random_seeds: int = 5  # random circuits per size for the baseline
+    refine: float = 0.1  # eap_ig_exact: exact-patch this fraction of nodes, the top of the EAP-IG ranking
     validate: int = 0  # exact-patch this many nodes (top and random by eap_ig) to rank-correlate; 0 = off
     batch_size: int = 32  # prompts per forward
     sizes: tuple[float, ...] = scores.SIZES_PCT  # circuit sizes, percent of nodes
@@ -98,9 +99,17 @@ def tasks_table(lm: LoadedModel, tasks: list[str], n: int = 24, seed: int = 0,
 def work(cfg: DiscoverConfig, n_nodes: int) -> int:
     """Patched forwards (or gradient passes) one task's discovery takes, for progress bars."""
     batches = -(-cfg.n // cfg.batch_size)
-    per_method = {"exact": n_nodes, "eap": batches, "eap_ig": batches * cfg.steps, "mask": cfg.mask.steps}
+    per_method = {"exact": n_nodes, "eap": batches, "eap_ig": batches * cfg.steps, "mask": cfg.mask.steps,
+                  "eap_ig_exact": batches * cfg.steps + refine_count(cfg, n_nodes)}
     curves = len(cfg.sizes) * (len(cfg.methods) + cfg.random_seeds) + 4 * len(cfg.methods)  # at most
     return sum(per_method[m] for m in cfg.methods) + curves + cfg.validate
+
+
+def refine_count(cfg: DiscoverConfig, n_nodes: int) -> int:
+    """Nodes eap_ig_exact patches exactly: ``cfg.refine`` of them (at least one)."""
+    if not 0 < cfg.refine <= 1:
+        raise UserError(f"--refine is a fraction of nodes in (0, 1], got {cfg.refine}")
+    return max(1, round(cfg.refine * n_nodes))
 
 
 def _node_frame(patcher: Patcher, values: torch.Tensor, **cols) -> pd.DataFrame:
@@ -136,7 +145,8 @@ def discover(lm: LoadedModel, task: str, cfg: DiscoverConfig, progress: Progress
             ranking = learn_mask(patcher, p_train, e_train, cfg.mask, progress)
             shown = torch.sigmoid(ranking)
         else:
-            ranking = attribution.effects(patcher, p_train, method, cfg.steps, progress)
+            ranking = attribution.effects(patcher, p_train, method, cfg.steps, progress,
+                                          refine_count(cfg, patcher.n_nodes))
             shown = ranking
         seconds = time.perf_counter() - start
         effects.append(_node_frame(patcher, shown, method=method, seconds=seconds, **tag))
@@ -185,7 +195,7 @@ def _validate(patcher: Patcher, prepared, effects: list[pd.DataFrame], cfg: Disc
     truth = attribution.exact(patcher, prepared, progress, nodes).numpy()[nodes]
     t_exact = (time.perf_counter() - start) * patcher.n_nodes / len(nodes)  # projected to every node
     rows = []
-    for method in ("eap", "eap_ig"):
+    for method in ("eap", "eap_ig"):  # not eap_ig_exact: its top nodes are exact effects, trivially equal here
         if method in by:
             est = by[method]["effect"].to_numpy()[nodes]
             rows.append(dict(method=method, spearman=float(spearmanr(est, truth).statistic),

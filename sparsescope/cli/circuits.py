@@ -58,7 +58,9 @@ def ablate(task: str = TASK,
 @circuits_app.command()
 @friendly
 def discover(model: str = MODEL, tasks: str = TASKS,
-             methods: str = typer.Option("eap,eap_ig,mask", help="eap, eap_ig, mask (learned), exact (slow)."),
+             methods: str = typer.Option("eap,eap_ig,mask", help="eap, eap_ig, eap_ig_exact (EAP-IG, then exact "
+                                                                "patching of its top --refine nodes), mask (learned), "
+                                                                "exact (slow)."),
              level: str = typer.Option("heads", help="heads (query heads + MLPs), neurons, layers, edges "
                                                      "(writer → q/k/v, MLP input, logits), or features (--sae)."),
              ablation: str = ABLATION, n: int = N, seed: int = SEED,
@@ -66,6 +68,7 @@ def discover(model: str = MODEL, tasks: str = TASKS,
              random_seeds: int = RANDOM_SEEDS,
              validate: int = typer.Option(0, help="Exact-patch this many nodes to rank-correlate attribution."),
              mask_steps: int = MASK_STEPS,
+             refine: float = typer.Option(0.1, help="eap_ig_exact: fraction of nodes exact-patched (EAP-IG's top)."),
              save: Optional[Path] = typer.Option(None, help="Folder for one circuit JSON per task and method."),
              sae: Optional[str] = SAE, runs_dir: Optional[Path] = RUNS_DIR):
     """Rank nodes per task and method, choose circuits on train prompts, score them (MIB) on held-out prompts."""
@@ -74,7 +77,7 @@ def discover(model: str = MODEL, tasks: str = TASKS,
     from sparsescope.store import RunStore
 
     cfg = workflows.circuits_config(methods, level, ablation, n, seed, steps, random_seeds, validate, mask_steps, sae,
-                                    RunStore(runs_dir))
+                                    RunStore(runs_dir), refine)
     with Bar("discover", "evaluations") as bar:
         run, tables, seconds = workflows.circuits_discover(RunStore(runs_dir), model, tasks, cfg, save, load, bar)
     for table in score_tables(tables):
