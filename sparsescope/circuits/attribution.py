@@ -43,13 +43,15 @@ def frozen(model: torch.nn.Module):
 def exact(patcher: Patcher, prepared, progress: Callable[[int], None] | None = None,
           nodes: list[int] | None = None) -> torch.Tensor:
     """Patch each node alone and measure the metric change (one forward per node and batch); with ``nodes``, only
-    those (the others are NaN) — for validating attribution on a subset when N forwards are too many."""
+    those (the others are NaN) — for validating attribution on a subset when N forwards are too many. A node whose
+    reference equals its clean activation everywhere gets exactly 0 without a forward (``Patcher.moved``)."""
     base = patcher.metric(prepared)
     effects = torch.full((patcher.n_nodes,), float("nan"))
+    moved = patcher.moved(prepared) if isinstance(patcher, Patcher) else torch.ones(patcher.n_nodes, dtype=torch.bool)
     for i in range(patcher.n_nodes) if nodes is None else nodes:
         keep = torch.ones(patcher.n_nodes)
         keep[i] = 0.0
-        effects[i] = patcher.metric(prepared, keep) - base
+        effects[i] = patcher.metric(prepared, keep) - base if moved[i] else 0.0
         if progress:
             progress(1)
     return effects

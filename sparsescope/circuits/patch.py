@@ -190,6 +190,19 @@ class Patcher:
         """δ = reference − clean activation per node site: the fixed direction attribution differentiates along."""
         return {g: refs[g] - clean[g] for g in self.groups}
 
+    @torch.no_grad()
+    def moved(self, prepared: list[tuple[Batch, dict]]) -> torch.Tensor:
+        """Nodes whose reference differs from the clean activation somewhere in ``prepared``: patching any other node
+        is the identity (``a + c · 0``), so its exact effect is exactly 0 without a forward. (An SAE feature that is
+        the same on clean and corrupted prompts — most of them — never moves.)"""
+        out = torch.zeros(self.n_nodes, dtype=torch.bool)
+        for b, refs in prepared:
+            clean = self.capture(b.clean, b.mask)
+            for g, d in self.directions(refs, clean).items():
+                d = d.expand_as(clean[g]).reshape(-1, g.units, g.width)
+                out[g.offset: g.offset + g.units] |= (d != 0).any(-1).any(0)
+        return out
+
     def forward(self, batch: Batch, keep: torch.Tensor | None = None, refs: dict | None = None,
                 direction: dict | None = None, coef: torch.Tensor | None = None,
                 embed: torch.Tensor | None = None) -> torch.Tensor:
