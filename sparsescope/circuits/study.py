@@ -102,7 +102,8 @@ def work(cfg: DiscoverConfig, n_nodes: int) -> int:
     batches = -(-cfg.n // cfg.batch_size)
     per_method = {"exact": n_nodes, "eap": batches, "eap_ig": batches * cfg.steps, "mask": cfg.mask.steps,
                   "eap_ig_exact": batches * cfg.steps + refine_count(cfg, n_nodes)}
-    curves = len(cfg.sizes) * (len(cfg.methods) + cfg.random_seeds) + 4 * len(cfg.methods)  # at most
+    bisection = 4 + max(1, n_nodes).bit_length()  # Curve.smallest and then smallest_k, on train, at most
+    curves = len(cfg.sizes) * (len(cfg.methods) + cfg.random_seeds) + bisection * len(cfg.methods)
     return sum(per_method[m] for m in cfg.methods) + curves + (0 if "exact" in cfg.methods else cfg.validate)
 
 
