@@ -242,3 +242,21 @@ def test_a_learned_edge_mask_gets_gradients_through_live_outputs(lm):
     down[i] -= eps
     assert float(grad[i]) == pytest.approx((patcher.metric(prepared, up) - patcher.metric(prepared, down)) * 2
                                            / (2 * eps), rel=1e-3)
+
+
+def test_edge_sum_over_the_smaller_side_equals_the_dense_product():
+    from sparsescope.circuits.edges import edge_sum
+
+    g = torch.Generator().manual_seed(0)
+    d = torch.randn(40, 50, generator=g, dtype=torch.float64)
+    few = (torch.rand(40, 6, generator=g) < 0.05).double()  # few edges removed
+    most = 1 - (torch.rand(40, 6, generator=g) < 0.05).double()  # most removed (a small circuit)
+    partial = torch.rand(40, 6, generator=g, dtype=torch.float64)  # fractional coefficients
+    for c in (few, most, partial, torch.zeros(40, 6, dtype=torch.float64), torch.ones(40, 6, dtype=torch.float64)):
+        want = np.einsum("ur,un->rn", c.numpy(), d.numpy())
+        assert np.allclose(edge_sum(c, d).numpy(), want)
+        assert np.allclose(edge_sum(c, d, d.sum(0)).numpy(), want)
+    assert torch.equal(edge_sum(torch.zeros(40, 6), d.float()), torch.zeros(6, 50))  # nothing removed: exact zeros
+    grad = partial.clone().requires_grad_(True)
+    edge_sum(grad, d).sum().backward()
+    assert torch.allclose(grad.grad, d.sum(1, keepdim=True).expand(40, 6))

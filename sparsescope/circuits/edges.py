@@ -28,6 +28,7 @@ patching and attribution run on edges unchanged.
 
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
 
 import numpy as np
@@ -51,6 +52,30 @@ def _config(lm: LoadedModel) -> tuple[int, int, int, int]:
     return heads, getattr(cfg, "num_key_value_heads", None) or heads, getattr(cfg, "head_dim", None) or d // heads, d
 
 
+SPARSE_MAX = 0.15  # sum over the smaller side of the edges only while it is this sparse; denser: one dense product
+
+
+def edge_sum(c: torch.Tensor, d: torch.Tensor, total: torch.Tensor | None = None) -> torch.Tensor:
+    """``cᵀ @ d`` (coefficients ``[writers, readers]``, writers' δ ``[writers, n]``) summed over the smaller side of
+    the edges: the removed ones (``c ≠ 0``), or — when most edges are removed, as in a small circuit — ``Σ_u δ_u``
+    (``total`` if the caller keeps it) minus the kept ones (``c ≠ 1``), as a sparse product while that side holds
+    under :data:`SPARSE_MAX` of the entries. Nothing removed gives exact zeros (the unpatched model stays
+    bit-exact); coefficients with gradients (masks, attribution) take the dense product."""
+    if c.requires_grad:
+        return c.t() @ d
+    removed, kept = int(c.ne(0).sum()), int(c.ne(1).sum())
+    if removed == 0:
+        return d.new_zeros(c.shape[1], d.shape[1])
+    if min(removed, kept) > SPARSE_MAX * c.numel():
+        return c.t() @ d
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+        if removed <= kept:
+            return c.t().to_sparse_csr() @ d
+        total = d.sum(0) if total is None else total
+        return total.unsqueeze(0) - (1 - c).t().to_sparse_csr() @ d
+
+
 class Deltas:
     """Writers' δ in forward order as one ``[writers, B·T·d]`` matrix, so a reader group's input is one matrix product
     ``coefᵀ @ δ`` (not one accumulation per writer chunk, which is memory-bound). Rows are written in place into one
@@ -59,6 +84,7 @@ class Deltas:
     def __init__(self, full: torch.Tensor | None = None, grad: bool = False):
         self.buf, self.parts, self.grad = full, [], grad
         self.n = 0 if full is None else len(full)
+        self.sum: torch.Tensor | None = None  # Σ of the rows added so far (patched forwards without gradients)
 
     def add(self, delta: torch.Tensor, total: int) -> None:
         flat = delta.reshape(len(delta), -1)
@@ -68,10 +94,15 @@ class Deltas:
             if self.buf is None:
                 self.buf = flat.new_empty(total, flat.shape[1])
             self.buf[self.n: self.n + len(flat)] = flat
+            self.sum = flat.sum(0) if self.sum is None else self.sum + flat.sum(0)
         self.n += len(flat)
 
     def rows(self, n: int) -> torch.Tensor:
         return torch.cat(self.parts)[:n] if self.grad else self.buf[:n]
+
+    def total(self, n: int) -> torch.Tensor | None:
+        """Σ of the first ``n`` rows when it is kept (every row added so far), else None."""
+        return self.sum if n == self.n else None
 
 
 class EdgePatcher:
@@ -144,7 +175,7 @@ class EdgePatcher:
             """``x + Σ_u coef[u, cols] · δ_u`` over the writers before these readers: ``[readers, B, T, d]``."""
             n_up = int(self.reads[cols.start])
             c = coef[:n_up, cols].to(x.dtype)
-            return x + (c.t() @ deltas.rows(n_up)).view(cols.stop - cols.start, *x.shape)
+            return x + edge_sum(c, deltas.rows(n_up), deltas.total(n_up)).view(cols.stop - cols.start, *x.shape)
 
         def write(outputs: torch.Tensor) -> None:
             on_write(chunk[0], outputs)
