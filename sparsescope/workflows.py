@@ -471,7 +471,8 @@ def sae_folder(store: RunStore, text: str) -> Path:
             return candidate
     run = store.open(text)
     if run.kind != "sae":
-        raise UserError(f"run {run.run_id} is a {run.kind} run, not an sae run; pass an sae run id or checkpoint folder")
+        raise UserError(f"run {run.run_id} is a {run.kind} run, not an sae run; pass an sae run id or an SAE "
+                        "checkpoint folder")
     return run.path / "sae"
 
 
