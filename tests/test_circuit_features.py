@@ -194,3 +194,23 @@ def test_cli_wrong_sae_is_one_line(model_dir, sae_dir, tmp_path):
     res = CliRunner().invoke(app, ["circuits", "ablate", "--model", str(model_dir), "--task", "induction",
                                    "--components", "L0F3", "--sae", str(sae_dir), "--n", "4"])
     assert res.exit_code == 2 and "was trained on" in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.slow
+def test_smollm2_feature_splice_is_exact_on_a_gqa_model(tmp_path):
+    """On the embedded SmolLM2 (grouped-query attention), an SAE at a mid-layer residual site: unpatched = the
+    model bit for bit; every feature and the error patched = the corrupted prompt's residual stream at that site."""
+    from sparsescope.circuits.tasks import make_task
+    from sparsescope.models import load_model
+
+    lm = load_model("smollm2-135m")
+    site = "blocks.12.hook_resid_post"
+    cfg = SAETrainConfig(site=site, d_sae=256, k=8, train_tokens=256, batch_size=128, seed=0)
+    data = iter([torch.randn(128, 576) for _ in range(8)])
+    train(data, 576, cfg, tmp_path / "sae", {"model": lm.name, "model_revision": lm.revision})
+    patcher = FeaturePatcher(lm, tmp_path / "sae")
+    prepared = patcher.prepare(make_task("ioi", lm.tokenizer, 4, "test", 0))
+    plain = patcher.per_prompt([(b, {}) for b, _ in prepared])
+    assert torch.equal(patcher.per_prompt(prepared, torch.ones(patcher.n_nodes)), plain)
+    corrupt = torch.cat([patcher.per_prompt([(b, {})], corrupt=True) for b, _ in prepared])
+    assert torch.allclose(patcher.per_prompt(prepared, torch.zeros(patcher.n_nodes)), corrupt, atol=1e-3)
