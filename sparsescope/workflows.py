@@ -463,8 +463,13 @@ def circuits_config(methods: str = "eap,eap_ig,mask", level: str = "heads", abla
     return cfg
 
 
-def sae_folder(store: RunStore, text: str) -> Path:
-    """The checkpoint folder of ``--sae``: a folder holding ``cfg.json``, an sae run's folder, or an sae run id."""
+def sae_folder(store: RunStore, text: str) -> Path | str:
+    """The checkpoint folder of ``--sae``: a folder holding ``cfg.json``, an sae run's folder, or an sae run id
+    (``basis:<site>``, the site's own units, passes through)."""
+    from sparsescope.circuits.features import BASIS
+
+    if text.startswith(BASIS):
+        return text
     folder = Path(text)
     for candidate in (folder, folder / "sae"):
         if (candidate / "cfg.json").is_file():

@@ -214,3 +214,23 @@ def test_smollm2_feature_splice_is_exact_on_a_gqa_model(tmp_path):
     assert torch.equal(patcher.per_prompt(prepared, torch.ones(patcher.n_nodes)), plain)
     corrupt = torch.cat([patcher.per_prompt([(b, {})], corrupt=True) for b, _ in prepared])
     assert torch.allclose(patcher.per_prompt(prepared, torch.zeros(patcher.n_nodes)), corrupt, atol=1e-3)
+
+
+def test_basis_nodes_are_the_sites_own_units(lm):
+    """``basis:<site>``: node i is coordinate i of the site (error exactly 0); zero-ablating it zeroes that
+    coordinate of the block's output, as a raw hook does."""
+    data = char_task(lm)
+    patcher = make_patcher(lm, "features", "zero", sae=f"basis:{SITE}")
+    assert patcher.n_nodes == 32 + 1
+    prepared = patcher.prepare(data)
+    assert torch.equal(patcher.per_prompt(prepared, torch.ones(patcher.n_nodes)),
+                       patcher.per_prompt([(b, {}) for b, _ in prepared]))
+
+    def zero(i, h):
+        h = h.clone()
+        h[..., [3, 17]] = 0
+        return h
+    keep = 1 - patcher.mask_from(parse_components("L0F3,L0F17"))
+    assert torch.allclose(patcher.per_prompt(prepared, keep), site_metric(lm, data, zero), atol=1e-5)
+    with pytest.raises(UserError, match="layer"):
+        make_patcher(lm, "features", sae="basis:blocks.9.hook_resid_post")

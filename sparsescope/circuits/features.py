@@ -30,13 +30,37 @@ from sparsescope.errors import UserError
 from sparsescope.models.loading import LoadedModel
 
 
+BASIS = "basis:"  # --sae basis:<site>: the site's own coordinates as the nodes (the baseline for SAE features)
+
+
+class Basis:
+    """The site's own coordinates as a dictionary: encode and decode are the identity, so the error is exactly 0 and
+    the "features" are the site's neurons (an MLP site) or residual dimensions. A feature circuit's baseline: is it
+    smaller than a circuit of the raw units at the same site?"""
+
+    def __init__(self, width: int):
+        from types import SimpleNamespace
+
+        self.cfg = SimpleNamespace(d_sae=width, d_in=width)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def decode(self, f: torch.Tensor) -> torch.Tensor:
+        return f
+
+
 def load_checked(lm: LoadedModel, path: str | Path):
-    """``(sae, site)`` of an SAE checkpoint folder, refusing one that does not fit ``lm``: a site the model lacks,
-    another input width, or (where the checkpoint records it) another model revision."""
+    """``(sae, site)`` of an SAE checkpoint folder (or ``basis:<site>``), refusing one that does not fit ``lm``: a
+    site the model lacks, another input width, or (where the checkpoint records it) another model revision."""
     from sparsescope.sae.activations import check_sites
-    from sparsescope.sae.evaluate import check_width
+    from sparsescope.sae.evaluate import check_width, site_width
     from sparsescope.sae.train import load_sae
 
+    if str(path).startswith(BASIS):
+        site = str(path)[len(BASIS):]
+        check_sites(lm, [site])
+        return Basis(site_width(lm, site)), site
     sae, manifest = load_sae(path)
     site = manifest.get("site") or getattr(getattr(sae.cfg, "metadata", None), "hook_name", None)
     if not site:

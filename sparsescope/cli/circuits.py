@@ -21,7 +21,8 @@ ABLATION = typer.Option("counterfactual", help="counterfactual (corrupted prompt
 RANDOM_SEEDS = typer.Option(5, help="Random circuits per size (the baseline).")
 MASK_STEPS = typer.Option(60, help="Learned-mask optimisation steps.")
 SAE = typer.Option(None, "--sae", help="SAE whose features (and error term) are the nodes: an sae run id, its folder "
-                                       "or a checkpoint folder (level features).")
+                                       "or a checkpoint folder (level features); basis:<site> for the site's own "
+                                       "units (the baseline).")
 
 
 @circuits_app.command("tasks")
