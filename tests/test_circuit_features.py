@@ -151,6 +151,10 @@ def test_feature_discovery_scores_and_circuit_files(lm, sae_dir, tmp_path, monke
     assert (full["faithfulness"] == 1.0).all() and set(full["method"]) == {"eap", "eap_ig", "mask", "random"}
     assert set(t["effects"]["kind"]) == {"feature", "sae_error"} and (t["scores"]["n_nodes"] == 65).all()
     assert set(t["validation"]["method"]) == {"eap", "eap_ig"}
+    s = t["scores"].set_index("method")
+    assert s["all_features_without_error"].nunique() == 1 and s["error_in_circuit"].dtype == bool
+    assert (s.loc[~s["error_in_circuit"], "sufficiency_without_error"]
+            == s.loc[~s["error_in_circuit"], "sufficiency"]).all()  # an error-free circuit is unchanged by it
     circuit = t["circuit"][t["circuit"]["method"] == "eap_ig"]
     path = tmp_path / "c.json"
     patcher = FeaturePatcher(lm, sae_dir)

@@ -88,6 +88,7 @@ class FeaturePatcher(Patcher):
         self.sae_layer, self.sae_site = parse_site(self.site)
         super().__init__(lm, "features", ablation, reference, batch_size)
         self.shape = shape_of(lm) | {"sae_site": self.site, "d_sae": int(self.sae.cfg.d_sae)}
+        self.error_node = self.n_nodes - 1  # the error term's node comes after every feature
 
     def _groups(self) -> list[Group]:
         d_sae, d_in = int(self.sae.cfg.d_sae), int(self.sae.cfg.d_in)

@@ -164,7 +164,8 @@ def discover(lm: LoadedModel, task: str, cfg: DiscoverConfig, progress: Progress
                                necessity=scores.necessity(patcher, p_test, keep, e_test),
                                n_components=k, circuit_frac=k / patcher.n_nodes, n_nodes=patcher.n_nodes,
                                n_at_target=k_fine, target=scores.TARGET,
-                               seconds=seconds, m_full=e_test.full, m_empty=e_test.empty, **tag))
+                               seconds=seconds, m_full=e_test.full, m_empty=e_test.empty,
+                               **_without_error(patcher, p_test, keep, e_test), **tag))
         chosen = keep.bool().numpy()
         effects[-1]["in_circuit"] = chosen
         circuits.append(patcher.nodes[chosen].assign(method=method, score=shown.numpy()[chosen], **tag))
@@ -179,6 +180,19 @@ def discover(lm: LoadedModel, task: str, cfg: DiscoverConfig, progress: Progress
     if validation:
         tables["validation"] = pd.concat(validation, ignore_index=True)
     return tables
+
+
+def _without_error(patcher: Patcher, prepared, keep: torch.Tensor, e: scores.Ends) -> dict:
+    """For SAE-feature circuits, what the features carry without the SAE's error term (itself a dense vector):
+    held-out f of the circuit with the error node patched, and of every feature with the error node patched (the
+    ceiling of any feature-only circuit). Empty for other levels."""
+    if not isinstance(patcher, FeaturePatcher):
+        return {}
+    err = patcher.error_node
+    circuit, every = keep.clone(), torch.ones(patcher.n_nodes)
+    circuit[err] = every[err] = 0
+    return dict(sufficiency_without_error=e.f(patcher.metric(prepared, circuit)),
+                all_features_without_error=e.f(patcher.metric(prepared, every)), error_in_circuit=bool(keep[err]))
 
 
 def _validate(patcher: Patcher, prepared, effects: list[pd.DataFrame], cfg: DiscoverConfig, progress,

@@ -123,6 +123,8 @@ def score_tables(tables: dict[str, pd.DataFrame]) -> list:
     """Terminal tables of a discovery or compare run: held-out scores, attribution vs exact, overlap, firing."""
     cols = ["task", "variant", "level", "method", "cpr", "cmd", "random_cpr", "random_cmd", "necessity",
             "sufficiency", "n_components", "n_at_target", "seconds"]
+    if "all_features_without_error" in tables["scores"].columns:  # SAE features: what the error term carries
+        cols = cols[:-1] + ["error_in_circuit", "sufficiency_without_error", "all_features_without_error", "seconds"]
     out = [frame_table(tables["scores"][cols].set_index(["task", "method"]),
                        "held-out scores (MIB; random: mean of seeds)")]
     if "validation" in tables:
