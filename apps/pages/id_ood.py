@@ -14,8 +14,14 @@ if not chosen:
 ui.different_models(chosen)
 
 
-def ladder_figure(run_id: str, metric: str):
-    return report.ladder_bands(ui.table("ladder_means", [run_id], where=f"metric = {ui.quote(metric)}"), metric)
+def ladder_figure(run_id: str, metric: str, site: str):
+    where = f"metric = {ui.quote(metric)} AND site = {ui.quote(site)}"  # one site: 12 traces, not 12 per site
+    return report.ladder_bands(ui.table("ladder_means", [run_id], where=where), metric)
+
+
+def trend_table(run_id: str):
+    trends = ui.table("trends", [run_id])
+    return summary.trend_summary(trends.drop(columns="run_id")) if len(trends) else None
 
 
 st.subheader("Corruption ladders")
@@ -30,15 +36,19 @@ for run_id, col in zip(chosen, ui.columns_for(chosen)):
                          "corruption ladder")
             continue
         metrics = list(ui.sql("ladder_means", [run_id], "SELECT DISTINCT metric FROM t ORDER BY metric")["metric"])
-        metric = st.selectbox("Metric", metrics, index=metrics.index("hoyer") if "hoyer" in metrics else 0,
-                              key=f"lad_m_{run_id}")
-        ui.chart(ui.cached(ladder_figure, run_id, metric),
-                 f"{metric} against the share of corrupted tokens, averaged over early / middle / late layers, with "
-                 "95 % bootstrap bands over prompts: a rising curve means corruption makes the site sparser.",
-                 key=f"lad_{run_id}")
-        trends = ui.table("trends", [run_id])
-        if len(trends):
-            ui.frame(summary.trend_summary(trends.drop(columns="run_id")), key=f"trend_{run_id}")
+        sites = list(ui.sql("ladder_means", [run_id], "SELECT DISTINCT site FROM t ORDER BY site <> 'mlp.hook_post', "
+                            "site")["site"])
+        c = st.columns(2)
+        metric = c[0].selectbox("Metric", metrics, index=metrics.index("hoyer") if "hoyer" in metrics else 0,
+                                key=f"lad_m_{run_id}")
+        site = c[1].selectbox("Site", sites, key=f"lad_s_{run_id}")
+        ui.chart(ui.cached(ladder_figure, run_id, metric, site),
+                 f"{metric} at {site} against the share of corrupted tokens, averaged over early / middle / late "
+                 "layers, with 95 % bootstrap bands over prompts: a rising curve means corruption makes the site "
+                 "sparser.", key=f"lad_{run_id}")
+        trends = ui.cached(trend_table, run_id)
+        if trends is not None:
+            ui.frame(trends, key=f"trend_{run_id}")
             ui.what("Spearman ρ of value vs corruption level per layer group with its CI, and how many layers "
                     "trend up or down.")
 
@@ -83,14 +93,15 @@ for run_id, col in zip(chosen, ui.columns_for(chosen)):
             st.info(f"`{run_id}` has no detector table: it needs ≥ 2 OOD families (e.g. `--suites "
                     "prose,random_tokens,multilingual`); `sparsescope report` computes it.")
             continue
-        ui.chart(ui.cached(auroc_figure, run_id), "AUROC of a logistic regression on per-layer sparsity "
-                 "profiles, tested on an OOD family it never saw, beside the model's own perplexity and max-softmax "
-                 "scores (95 % CI).", key=f"det_{run_id}")
         roc = ui.cached(roc_figure, run_id)
-        if roc is None:
+        if roc is None:  # runs reported before ROC points were stored: the AUROC bars, and how to get the curves
+            ui.chart(ui.cached(auroc_figure, run_id), "AUROC of a logistic regression on per-layer sparsity "
+                     "profiles, tested on an OOD family it never saw, beside the model's own perplexity and "
+                     "max-softmax scores (95 % CI).", key=f"det_{run_id}")
             ui.needs(f"sparsescope report {run_id} --no-html", f"stored ROC points for `{run_id}`")
-        else:
-            ui.chart(roc, "per held-out OOD family, the ROC curve of the sparsity-profile detector against each "
-                     "baseline on the same held-out prompts (dotted: chance); AUROC [95 % CI] in the legend.",
+        else:  # the legend carries each AUROC with its CI, so the bar chart would repeat it
+            ui.chart(roc, "per held-out OOD family, the ROC curve of a logistic regression on per-layer sparsity "
+                     "profiles (trained without that family) against the model's own perplexity and max-softmax "
+                     "scores on the same held-out prompts (dotted: chance); AUROC [95 % CI] in the legend.",
                      key=f"roc_{run_id}")
         ui.frame(det, key=f"dett_{run_id}")

@@ -24,18 +24,18 @@ def histogram(run_id: str, site: str):
     return report.fire_freq_histogram(freqs, site)
 
 
-def dead_dense(run_id: str):
-    acts = ui.table("activations", [run_id], where="metric IN ('dead_frac', 'dense_frac')")
+def dead_dense(run_id: str, site: str):
+    acts = ui.table("activations", [run_id], where=f"metric IN ('dead_frac', 'dense_frac') AND site = {ui.quote(site)}")
     return figures.dead_dense(acts) if len(acts) else None
 
 
 ui.chart(ui.cached(histogram, run_id, site),
          "how many neurons fire on what share of tokens (|x_i| > 0.1·RMS), ID vs OOD, log scale: mass at 0 is dead "
          "neurons, mass near 1 dense ones.", key="hist")
-fig = ui.cached(dead_dense, run_id)
+fig = ui.cached(dead_dense, run_id, site)
 if fig is not None:
-    ui.chart(fig, "per layer, the share of neurons that never fired and that fired on more than half the tokens, "
-             "per site and split.", key="deaddense")
+    ui.chart(fig, "per layer, the share of neurons at this site that never fired and that fired on more than half the "
+             "tokens, per split.", key="deaddense")
 
 st.subheader("Dead and dense neurons")
 SHOWN = 500  # rows per table sent to the browser; the counts cover all

@@ -114,15 +114,18 @@ def harvest_bars(table: pd.DataFrame, chosen: pd.DataFrame | None = None) -> go.
 
 
 def dead_dense(activations: pd.DataFrame) -> go.Figure:
-    """Share of dead (never fire) and dense (fire on > 50 % of tokens) neurons per layer, one line per site × split."""
+    """Share of dead (never fire) and dense (fire on > 50 % of tokens) neurons per layer, one line per split (dashed
+    by site when there are several: pass one site's rows to keep the chart light)."""
     keep = activations["metric"].isin(["dead_frac", "dense_frac"]) & activations["split"].isin(["id", "ood"])
     rows = activations[keep]
     w = rows.assign(wv=rows["value"] * rows["n_tokens"])
     g = w.groupby(["metric", "site", "split", "layer"], as_index=False)[["wv", "n_tokens"]].sum()
     g["value"] = g["wv"] / g["n_tokens"]
-    fig = px.line(g, x="layer", y="value", color="site", line_dash="split", facet_col="metric", markers=True)
+    sites = list(dict.fromkeys(g["site"]))
+    fig = px.line(g, x="layer", y="value", color="split", line_dash="site" if len(sites) > 1 else None,
+                  facet_col="metric", markers=True)
     fig.for_each_annotation(lambda a: a.update(text=a.text.removeprefix("metric=")))
-    fig.update_layout(title="Dead and dense neurons per layer")
+    fig.update_layout(title="Dead and dense neurons per layer" + (f" at {sites[0]}" if len(sites) == 1 else ""))
     return fig
 
 
