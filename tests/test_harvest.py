@@ -34,10 +34,13 @@ def _int8_numpy(w: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("fmt", ["fp32", "int8"])
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("sparsity", [0.0, 0.6, 1.0])
-def test_kernel_matches_float64(fmt, batch, sparsity):
+@pytest.mark.parametrize("n_out", [37, 197])
+def test_kernel_matches_float64(fmt, batch, sparsity, n_out):
     g = torch.Generator().manual_seed(batch)
-    w = torch.randn(37, 53, generator=g)  # odd shapes: not multiples of the 4-row unroll or the SIMD width
-    bias = torch.randn(37, generator=g)
+    # odd shapes: not multiples of the 4-row unroll or the SIMD width; 197 outputs = three whole 64-byte int8 lines
+    # (the AVX-512 int8 path at batch 1) and a 5-output tail (the generic loop)
+    w = torch.randn(n_out, 53, generator=g)
+    bias = torch.randn(n_out, generator=g)
     big = torch.randn(batch, 2 * 53, generator=g)
     x = big[:, ::2]  # non-contiguous input
     x[torch.rand(x.shape, generator=g) < sparsity] = 0.0
@@ -47,7 +50,7 @@ def test_kernel_matches_float64(fmt, batch, sparsity):
     for threshold in (None, 0.0):
         for backend in ("auto", "torch"):
             y = sp.linear(packed, x, threshold, backend=backend)
-            assert y.shape == (batch, 37) and y.dtype == torch.float32
+            assert y.shape == (batch, n_out) and y.dtype == torch.float32
             assert np.all(np.abs(y.double().numpy() - y_ref) <= tol)
 
 

@@ -15,7 +15,12 @@
 #include <cstdint>
 #include <ctime>
 #include <cstring>
+#include <type_traits>
 #include <vector>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 namespace {
 
@@ -32,6 +37,27 @@ constexpr int64_t kParallelBytes = 1 << 17;  // below ~128 KiB of weights one th
 
 constexpr int64_t kAhead = 8;  // rows prefetched ahead: short rows (and gathered ones) defeat the hardware prefetcher
 constexpr int64_t kPrefetchRowBytes = 1 << 16;  // longer rows stream well on their own; kAhead of them overflow L2
+
+#if defined(__AVX512F__)
+// One cache line (64 int8 outputs) of four rows times their inputs, added into a[0:64]: sign-extend 16 codes at a
+// time straight to int32, convert, FMA. The generic loop below gets the same arithmetic, but the compiler widens
+// int8 through int16 and re-enters a peeled vector loop for every 64-element line, which held int8 decode to about
+// half the fp32 bandwidth. Summation order per output (row 0, 1, 2, 3 onto a) is the generic loop's.
+inline void int8_line(const int8_t* r0, const int8_t* r1, const int8_t* r2, const int8_t* r3, float x0, float x1,
+                      float x2, float x3, float* a) {
+  const __m512 v0 = _mm512_set1_ps(x0), v1 = _mm512_set1_ps(x1), v2 = _mm512_set1_ps(x2), v3 = _mm512_set1_ps(x3);
+  auto w = [](const int8_t* r) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r))));
+  };
+  for (int c = 0; c < 64; c += 16) {
+    __m512 t = _mm512_mul_ps(v0, w(r0 + c));
+    t = _mm512_fmadd_ps(v1, w(r1 + c), t);
+    t = _mm512_fmadd_ps(v2, w(r2 + c), t);
+    t = _mm512_fmadd_ps(v3, w(r3 + c), t);
+    _mm512_storeu_ps(a + c, _mm512_add_ps(_mm512_loadu_ps(a + c), t));
+  }
+}
+#endif
 
 // Rows idx[lo:hi) (or lo:hi themselves when idx is null) of Wt, times x, added into acc [B, out]. Four rows at a
 // time; for rows up to kPrefetchRowBytes each cache line comes with a software prefetch of the same line kAhead
@@ -62,6 +88,14 @@ void accumulate(const W* __restrict wt, const float* __restrict x, const int32_t
         __builtin_prefetch(p2 + o0);
         __builtin_prefetch(p3 + o0);
       }
+#if defined(__AVX512F__)
+      if constexpr (std::is_same_v<W, int8_t>) {
+        if (B == 1 && o1 - o0 == line) {  // a whole line, batch 1: the decode case, see int8_line
+          int8_line(r0 + o0, r1 + o0, r2 + o0, r3 + o0, x[j0], x[j1], x[j2], x[j3], acc + o0);
+          continue;
+        }
+      }
+#endif
       for (int64_t b = 0; b < B; ++b) {
         const float* xb = x + b * in;
         const float x0 = xb[j0], x1 = xb[j1], x2 = xb[j2], x3 = xb[j3];
